@@ -1,0 +1,23 @@
+"""gunicorn settings for production, read when gunicorn starts from the project root:
+
+    gunicorn '{{ cookiecutter.package_name }}:create_app()'
+
+Command-line flags and GUNICORN_CMD_ARGS override anything here.
+"""
+
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+
+# Trust no X-Forwarded-* header here: the app's TRUSTED_PROXIES setting is the
+# only place that decides how many proxy hops to believe (scheme and IP spoofing).
+forwarded_allow_ips = ""
+
+# The app logs one line per request itself, without query strings; gunicorn's
+# own access log would repeat each request and could print secrets from URLs.
+accesslog = None
+errorlog = "-"

@@ -1,0 +1,35 @@
+"""The application factory: ``gunicorn '{{ cookiecutter.package_name }}:create_app()'`` or ``flask run``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from flask import Flask
+
+from . import api, errors, logs, security
+from .config import ConfigError, load_config, load_key_ring
+
+__all__ = ["ConfigError", "create_app"]
+
+
+def create_app(environ: Mapping[str, str] | None = None) -> Flask:
+    """Build the app from environment variables (or, in tests, from ``environ``).
+
+    Reads top to bottom in the order a request meets things: settings, logging,
+    transport security, keys, error handling, routes. Raises ConfigError, and so
+    refuses to start, when a setting is unsafe (fail closed).
+    """
+    environ = os.environ if environ is None else environ
+    config = load_config(environ)
+
+    app = Flask(__name__)
+    app.config.from_mapping(config)
+    app.json.sort_keys = False
+
+    logs.init_app(app)
+    app.extensions["api_keys"] = load_key_ring(environ, config)
+    security.init_app(app)
+    errors.init_app(app)
+    api.init_app(app)
+    return app

@@ -1,0 +1,97 @@
+"""Settings, read once from the environment, checked before the app serves anything.
+
+Every variable is documented in the README. A bad value stops the app with a
+:class:`ConfigError` that names the variable; API_KEYS values are never echoed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from .keys import KeyConfigError, KeyRing, parse_api_keys
+
+API_KEY_HEADER = "{{ cookiecutter.api_key_header }}"
+ENVIRONMENTS = ("production", "development", "testing")
+LOG_FORMATS = ("json", "text")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing, malformed or unsafe; the app refuses to start."""
+
+
+def load_config(environ: Mapping[str, str]) -> dict[str, object]:
+    """Turn environment variables into Flask config values, or raise ConfigError."""
+    app_env = environ.get("APP_ENV", "").strip() or "production"
+    if app_env not in ENVIRONMENTS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {app_env!r}")
+    production = app_env == "production"
+    log_format = environ.get("LOG_FORMAT", "").strip().lower() or ("json" if production else "text")
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be json or text, not {log_format!r}")
+    log_level = environ.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if not isinstance(logging.getLevelName(log_level), int):
+        raise ConfigError(f"LOG_LEVEL must be a logging level such as INFO, not {log_level!r}")
+    return {
+        "APP_ENV": app_env,
+        "TESTING": app_env == "testing",
+        "REQUIRE_HTTPS": _boolean(environ, "REQUIRE_HTTPS", default=production),
+        "TRUSTED_PROXIES": _integer(environ, "TRUSTED_PROXIES", default=0, minimum=0),
+        "API_ALLOWED_IPS": _networks(environ, "API_ALLOWED_IPS"),
+        "API_KEYS_FILE": Path(environ.get("API_KEYS_FILE") or "instance/api_keys.toml").absolute(),
+        "MAX_CONTENT_LENGTH": _integer(environ, "MAX_CONTENT_LENGTH", default=1_048_576, minimum=1),
+        "LOG_FORMAT": log_format,
+        "LOG_LEVEL": log_level,
+    }
+
+
+def load_key_ring(environ: Mapping[str, str], config: Mapping[str, object]) -> KeyRing:
+    """Build the key ring from API_KEYS; in production, refuse to run without a key.
+
+    Fail closed: an API with no key, or with a placeholder such as ``changeme``
+    that can never match, is a misconfiguration, not an open API.
+    """
+    try:
+        ring = KeyRing(parse_api_keys(environ.get("API_KEYS", "")))
+    except KeyConfigError as error:
+        raise ConfigError(str(error)) from None
+    if config["APP_ENV"] == "production" and not ring:
+        raise ConfigError(
+            "API_KEYS: no API key is configured; set API_KEYS to a key made by "
+            "scripts/generate_api_key.py (or its sha256: entry)"
+        )
+    return ring
+
+
+def _boolean(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE | _FALSE:
+        return raw in _TRUE
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")
+
+
+def _integer(environ: Mapping[str, str], name: str, *, default: int, minimum: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < minimum:
+        raise ConfigError(f"{name} must be a whole number of at least {minimum}, not {raw!r}")
+    return int(raw)
+
+
+def _networks(
+    environ: Mapping[str, str], name: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in filter(None, (part.strip() for part in environ.get(name, "").split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)

@@ -1,0 +1,130 @@
+"""Logging: setup, request ids, and one access line per request.
+
+Text lines in development, JSON lines (python-json-logger) in production.
+Whatever the format, a log line is one line: control characters that came
+from a request are escaped (log injection), and no line ever holds a raw key.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import re
+import time
+import uuid
+
+from flask import Flask, g, has_request_context, request
+from werkzeug.wrappers import Response
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's request id is kept only when short and plain (log injection, log flooding).
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# C0/C1 controls and the Unicode marks that reorder or break lines on a terminal.
+_UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+PACKAGE_LOGGER = __name__.rpartition(".")[0]
+
+access_log = logging.getLogger(f"{PACKAGE_LOGGER}.access")
+
+
+def escape(text: str) -> str:
+    """Make ``text`` safe to print on one log line: a line feed becomes ``\\x0a``."""
+    return _UNSAFE_CHARACTERS.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamp each record with the current request id, or ``-`` outside a request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """Plain text for people, with request-borne control characters escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return escape(super().formatMessage(record))
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    """Send the app's logs to stderr, one line per record, in the chosen format."""
+    formatter = (
+        {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(request_id)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": True,  # ISO 8601, UTC
+        }
+        if log_format == "json"
+        else {
+            "()": TextFormatter,
+            "fmt": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s",
+        }
+    )
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "filters": {"request_id": {"()": RequestIdFilter}},
+            "formatters": {"default": formatter},
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "stream": "ext://sys.stderr",
+                    "formatter": "default",
+                    "filters": ["request_id"],
+                }
+            },
+            "loggers": {
+                PACKAGE_LOGGER: {"handlers": ["stderr"], "level": level, "propagate": False},
+                # The development server's own access lines would repeat ours and
+                # print query strings, where a misplaced key could sit.
+                "werkzeug": {"level": "WARNING"},
+            },
+        }
+    )
+
+
+def init_app(app: Flask) -> None:
+    """Configure logging and log every request once, with its request id."""
+    configure_logging(app.config["LOG_FORMAT"], app.config["LOG_LEVEL"])
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
+
+
+def _start_request() -> None:
+    g.started = time.perf_counter()
+    candidate = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = candidate if _SAFE_REQUEST_ID.fullmatch(candidate) else uuid.uuid4().hex
+
+
+def _finish_request(response: Response) -> Response:
+    request_id = g.get("request_id") or uuid.uuid4().hex
+    response.headers[REQUEST_ID_HEADER] = request_id
+    duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    api_key = g.get("api_key")
+    who = api_key.name if api_key else g.get("presented_fingerprint", "-")
+    # request.path, never the full URL: a query string can carry secrets.
+    access_log.info(
+        "%s %s %s %.1fms ip=%s key=%s",
+        request.method,
+        request.path,
+        response.status_code,
+        duration_ms,
+        request.remote_addr,
+        who,
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round(duration_ms, 2),
+            "client_ip": request.remote_addr,
+            "api_key": who,
+        },
+    )
+    return response

@@ -1,0 +1,203 @@
+"""The OpenAPI 3.1 document served at /openapi.json, written by hand next to the routes.
+
+Keep it in step with api.py when you add a route: the tests check that every
+route is described and that each answer matches its schema.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from .config import API_KEY_HEADER
+
+TITLE = {{ cookiecutter.project_name | tojson }}
+VERSION = {{ cookiecutter.version | tojson }}
+DESCRIPTION = {{ cookiecutter.description | tojson }}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str, *codes: str) -> dict[str, Any]:
+    schema = {"allOf": [_ref("Error"), {"properties": {"error": {"enum": list(codes)}}}]}
+    return {"description": description, "content": _json(schema)}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(status): {"$ref": f"#/components/responses/{ERROR_RESPONSES[status][0]}"}
+        for status in statuses
+    }
+
+
+# status -> (component name, description, error codes)
+ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
+    400: (
+        "BadRequest",
+        "The request could not be read (for example malformed JSON).",
+        ("bad_request",),
+    ),
+    401: (
+        "Unauthorized",
+        "No key, or a key that is unknown, revoked, malformed or expired.",
+        ("missing_api_key", "invalid_api_key", "expired_api_key"),
+    ),
+    403: (
+        "Forbidden",
+        "Plain HTTP where HTTPS is required, an IP outside the allowlist, or a missing scope.",
+        ("https_required", "ip_not_allowed", "insufficient_scope"),
+    ),
+    404: ("NotFound", "No such resource.", ("not_found",)),
+    413: (
+        "PayloadTooLarge",
+        "The body is larger than MAX_CONTENT_LENGTH.",
+        ("request_entity_too_large",),
+    ),
+    415: ("UnsupportedMediaType", "The body is not JSON.", ("unsupported_media_type",)),
+    422: (
+        "UnprocessableContent",
+        "The JSON body does not have the expected fields.",
+        ("invalid_body",),
+    ),
+    500: ("InternalError", "The server failed; details are in its log.", ("internal_error",)),
+}
+
+PROTECTED = (401, 403, 500)
+SECURED = [{"ApiKey": []}]
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """Build the document once per process."""
+    item = _ref("Item")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": TITLE, "version": VERSION, "description": DESCRIPTION},
+        "paths": {
+            "/health": {
+                "get": {
+                    "summary": "Liveness probe",
+                    "operationId": "health",
+                    "responses": {"200": {"description": "Up", "content": _json(_ref("Health"))}},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": {"description": "OpenAPI 3.1 document"}, **_errors(403)},
+                }
+            },
+            "/v1/secure-data": {
+                "get": {
+                    "summary": "Data for any valid key",
+                    "operationId": "secureData",
+                    "security": SECURED,
+                    "responses": {
+                        "200": {"description": "The data", "content": _json(_ref("SecureData"))},
+                        **_errors(*PROTECTED),
+                    },
+                }
+            },
+            "/v1/whoami": {
+                "get": {
+                    "summary": "The key used for this request",
+                    "operationId": "whoami",
+                    "security": SECURED,
+                    "responses": {
+                        "200": {
+                            "description": "The key's public record",
+                            "content": _json(_ref("WhoAmI")),
+                        },
+                        **_errors(*PROTECTED),
+                    },
+                }
+            },
+            "/v1/items": {
+                "get": {
+                    "summary": "List items (scope items:read)",
+                    "operationId": "listItems",
+                    "security": SECURED,
+                    "responses": {
+                        "200": {
+                            "description": "The items",
+                            "content": _json(
+                                {
+                                    "type": "object",
+                                    "required": ["items"],
+                                    "properties": {"items": {"type": "array", "items": item}},
+                                }
+                            ),
+                        },
+                        **_errors(*PROTECTED),
+                    },
+                },
+                "post": {
+                    "summary": "Create an item (scope items:write)",
+                    "operationId": "createItem",
+                    "security": SECURED,
+                    "requestBody": {"required": True, "content": _json(_ref("NewItem"))},
+                    "responses": {
+                        "201": {"description": "Created", "content": _json(item)},
+                        **_errors(400, *PROTECTED, 413, 415, 422),
+                    },
+                },
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}
+            },
+            "responses": {
+                name: _error(description, *codes)
+                for name, description, codes in ERROR_RESPONSES.values()
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"const": "ok"}},
+                },
+                "SecureData": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {"data": {"type": "object"}},
+                },
+                "WhoAmI": {
+                    "type": "object",
+                    "required": ["name", "scopes", "expires", "fingerprint"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "scopes": {"type": "array", "items": {"type": "string"}},
+                        "expires": {"type": ["string", "null"], "format": "date-time"},
+                        "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+                    },
+                },
+                "NewItem": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}},
+                },
+                "Item": {
+                    "type": "object",
+                    "required": ["id", "name", "created_by"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "name": {"type": "string"},
+                        "created_by": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }

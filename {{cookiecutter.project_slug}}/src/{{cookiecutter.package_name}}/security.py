@@ -1,0 +1,82 @@
+"""Transport rules: HTTPS only, which proxies to trust, IP allowlists, response headers."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+
+from flask import Flask, current_app, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Response
+
+from .config import API_KEY_HEADER
+from .errors import HTTPSRequired
+from .keys import Network
+
+log = logging.getLogger(__name__)
+
+# Headers for a JSON API that no browser should render, frame, sniff or cache.
+API_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+# Two years: browsers never try plain HTTP again (SSL stripping).
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+def init_app(app: Flask) -> None:
+    """Trust proxies as configured, refuse plain HTTP, and set the security headers."""
+    hops = app.config["TRUSTED_PROXIES"]
+    if hops:
+        # Only as many X-Forwarded-* hops as TRUSTED_PROXIES says (client IP and scheme spoofing).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+    if app.config["REQUIRE_HTTPS"]:
+        app.before_request(_require_https)
+    elif app.config["APP_ENV"] == "production":
+        log.warning("REQUIRE_HTTPS is off in production: API keys may cross the network in clear")
+    app.after_request(_security_headers)
+
+
+def client_ip_allowed(networks: Iterable[Network]) -> bool:
+    """True when the client's IP, as TRUSTED_PROXIES reveals it, is in ``networks``.
+
+    An empty list allows everyone; a client whose address cannot be read is refused.
+    """
+    networks = tuple(networks)
+    if not networks:
+        return True
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+def _require_https() -> None:
+    # Load-balancer probes check /health over plain HTTP; it carries no secret.
+    if request.is_secure or (request.path == "/health" and request.method in ("GET", "HEAD")):
+        return
+    presented = request.headers.get(API_KEY_HEADER, "").strip()
+    record = current_app.extensions["api_keys"].lookup(presented) if presented else None
+    if record is not None:
+        # The key crossed the network in clear (credential over plaintext): say so loudly.
+        log.error(
+            "valid API key %r (fingerprint %s) was sent over plain HTTP from %s: rotate it",
+            record.name,
+            record.fingerprint,
+            request.remote_addr,
+        )
+    # 403, never a redirect: the key has already been sent, a redirect would send it again.
+    raise HTTPSRequired()
+
+
+def _security_headers(response: Response) -> Response:
+    for name, value in API_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if current_app.config["APP_ENV"] == "production":
+        response.headers["Strict-Transport-Security"] = HSTS
+    return response
