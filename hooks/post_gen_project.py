@@ -68,7 +68,9 @@ def write_env(root):
 
 def summary(answers, root, wrote_env):
     """The few lines a person needs next: what was made, where the key is, what to run."""
-    key_line = "written to .env (mode 0600, git-ignored)" if wrote_env else "kept: .env already existed"
+    key_line = (
+        "written to .env (mode 0600, git-ignored)" if wrote_env else "kept: .env already existed"
+    )
     return "\n".join(
         [
             "",

@@ -14,6 +14,7 @@ import sys
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 SLUG = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
+MAX_SLUG_LENGTH = 50
 PACKAGE = re.compile(r"[a-z_][a-z0-9_]*")
 KEY_PREFIX = re.compile(r"[a-z][a-z0-9]{1,15}")
 # RFC 9110 token characters: what an HTTP field name may contain.
@@ -24,13 +25,24 @@ RESERVED_HEADERS = {
     "transfer-encoding", "x-forwarded-for", "x-forwarded-proto", "x-request-id",
 }  # fmt: skip
 # Import names the generated project already depends on: shadowing one breaks it.
-DEPENDENCY_NAMES = {"click", "dotenv", "flask", "gunicorn", "jinja2", "pythonjsonlogger", "werkzeug"}
+DEPENDENCY_NAMES = {
+    "click",
+    "dotenv",
+    "flask",
+    "gunicorn",
+    "jinja2",
+    "pythonjsonlogger",
+    "werkzeug",
+}
 # PEP 440 public versions, the common forms.
 VERSION = re.compile(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 FREE_TEXT = ("project_name", "description", "author_name", "author_email")
 BOOLEANS = ("use_rate_limiting", "use_docker", "use_docs_page")
-CHOICES = {"ci": ("github", "none"), "license": ("MIT", "Apache-2.0", "BSD-3-Clause", "Proprietary")}
+CHOICES = {
+    "ci": ("github", "none"),
+    "license": ("MIT", "Apache-2.0", "BSD-3-Clause", "Proprietary"),
+}
 
 
 def problems(answers):
@@ -40,7 +52,9 @@ def problems(answers):
             yield f"{name} must not contain control characters such as line breaks"
     if not answers["project_name"].strip():
         yield "project_name must not be empty"
-    if not SLUG.fullmatch(answers["project_slug"]):
+    if len(answers["project_slug"]) > MAX_SLUG_LENGTH:
+        yield f"project_slug must be at most {MAX_SLUG_LENGTH} characters; give a shorter one"
+    elif not SLUG.fullmatch(answers["project_slug"]):
         yield (
             f"project_slug must start with a lower-case letter and use only a-z, 0-9 and '-' "
             f"(got {answers['project_slug']!r})"

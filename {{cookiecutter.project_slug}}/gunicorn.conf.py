@@ -21,3 +21,6 @@ forwarded_allow_ips = ""
 # own access log would repeat each request and could print secrets from URLs.
 accesslog = None
 errorlog = "-"
+
+# No control socket: several servers on one host would fight over the default one.
+control_socket_disable = True

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Print a new API key for this project; with --hash, also the sha256: entry to store.
 
-Needs nothing but Python: it loads the project's own src/{{ cookiecutter.package_name }}/keys.py
-by path (standard library only), so there is one implementation of the key
-format, shared with the server and with project generation.
+Needs nothing but Python: it loads the project's own keys.py by path (standard
+library only), so there is one implementation of the key format, shared with
+the server and with project generation.
 
     python3 scripts/generate_api_key.py          # the key, for the client
     python3 scripts/generate_api_key.py --hash   # the key, then its sha256: entry
@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-KEYS_PY = Path(__file__).resolve().parent.parent / "src" / "{{ cookiecutter.package_name }}" / "keys.py"
+PACKAGE = "{{ cookiecutter.package_name }}"
+KEYS_PY = Path(__file__).resolve().parent.parent / "src" / PACKAGE / "keys.py"
 
 
 def load_keys_module() -> ModuleType:

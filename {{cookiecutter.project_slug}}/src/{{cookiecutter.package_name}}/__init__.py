@@ -1,4 +1,8 @@
-"""The application factory: ``gunicorn '{{ cookiecutter.package_name }}:create_app()'`` or ``flask run``."""
+"""The application factory.
+
+Development: ``flask run``. Production, from the project root:
+``gunicorn '{{ cookiecutter.package_name }}:create_app()'``
+"""
 
 from __future__ import annotations
 

@@ -18,7 +18,8 @@ from .config import API_KEY_HEADER
 log = logging.getLogger(__name__)
 
 # Sent with every 401 so clients learn which header carries the key (RFC 9110).
-WWW_AUTHENTICATE = f'ApiKey realm="{{ cookiecutter.project_slug }}", header="{API_KEY_HEADER}"'
+REALM = "{{ cookiecutter.project_slug }}"
+WWW_AUTHENTICATE = f'ApiKey realm="{REALM}", header="{API_KEY_HEADER}"'
 
 
 class APIError(Exception):

@@ -37,6 +37,9 @@ WILDCARD_SCOPE = "*"
 KEY_LENGTH = len(KEY_PREFIX) + 1 + RANDOM_LENGTH + CHECKSUM_LENGTH
 
 _KEY_SHAPE = re.compile(KEY_PREFIX + "_[0-9A-Za-z]+")
+_KEY_ANYWHERE = re.compile(
+    KEY_PREFIX + "_[0-9A-Za-z]{" + str(KEY_LENGTH - len(KEY_PREFIX) - 1) + "}"
+)
 _HASHED_ENTRY = re.compile(r"sha256:[0-9a-f]{64}")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -89,6 +92,15 @@ def hashed_entry(key: str) -> str:
 def fingerprint(value: str) -> str:
     """A short, non-reversible name for any presented value, safe to log and show."""
     return hash_key(value)[:FINGERPRINT_LENGTH]
+
+
+def redact_keys(text: str) -> str:
+    """Replace anything shaped like a key of this project with its fingerprint.
+
+    For text that came from a request and is about to be logged, such as a URL
+    path with a key pasted into it (credential leak).
+    """
+    return _KEY_ANYWHERE.sub(lambda match: f"[key {fingerprint(match.group())}]", text)
 
 
 @dataclass(frozen=True)

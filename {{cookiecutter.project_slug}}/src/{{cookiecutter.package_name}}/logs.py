@@ -16,6 +16,8 @@ import uuid
 from flask import Flask, g, has_request_context, request
 from werkzeug.wrappers import Response
 
+from .keys import redact_keys
+
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's request id is kept only when short and plain (log injection, log flooding).
 _SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -44,11 +46,24 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class DevServerAccessFilter(logging.Filter):
+    """Drop the development server's own request lines: they repeat ours and print
+    query strings, where a misplaced key could sit (credential leak)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return '"%s" %s %s' not in str(record.msg)
+
+
 class TextFormatter(logging.Formatter):
     """Plain text for people, with request-borne control characters escaped."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         return escape(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        # A traceback keeps its line breaks, but nothing else from a request gets through.
+        lines = super().formatException(ei).split("\n")
+        return "\n".join(escape(line) for line in lines)
 
 
 def configure_logging(log_format: str, level: str) -> None:
@@ -70,7 +85,10 @@ def configure_logging(log_format: str, level: str) -> None:
         {
             "version": 1,
             "disable_existing_loggers": False,
-            "filters": {"request_id": {"()": RequestIdFilter}},
+            "filters": {
+                "request_id": {"()": RequestIdFilter},
+                "dev_server_access": {"()": DevServerAccessFilter},
+            },
             "formatters": {"default": formatter},
             "handlers": {
                 "stderr": {
@@ -82,9 +100,7 @@ def configure_logging(log_format: str, level: str) -> None:
             },
             "loggers": {
                 PACKAGE_LOGGER: {"handlers": ["stderr"], "level": level, "propagate": False},
-                # The development server's own access lines would repeat ours and
-                # print query strings, where a misplaced key could sit.
-                "werkzeug": {"level": "WARNING"},
+                "werkzeug": {"level": "INFO", "filters": ["dev_server_access"]},
             },
         }
     )
@@ -109,18 +125,19 @@ def _finish_request(response: Response) -> Response:
     duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
     api_key = g.get("api_key")
     who = api_key.name if api_key else g.get("presented_fingerprint", "-")
-    # request.path, never the full URL: a query string can carry secrets.
+    # The path, never the query string, and no key pasted into it (credential leak).
+    path = redact_keys(request.path)
     access_log.info(
         "%s %s %s %.1fms ip=%s key=%s",
         request.method,
-        request.path,
+        path,
         response.status_code,
         duration_ms,
         request.remote_addr,
         who,
         extra={
             "method": request.method,
-            "path": request.path,
+            "path": path,
             "status": response.status_code,
             "duration_ms": round(duration_ms, 2),
             "client_ip": request.remote_addr,

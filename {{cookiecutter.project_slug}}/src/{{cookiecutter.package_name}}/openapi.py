@@ -11,9 +11,10 @@ from typing import Any
 
 from .config import API_KEY_HEADER
 
-TITLE = {{ cookiecutter.project_name | tojson }}
-VERSION = {{ cookiecutter.version | tojson }}
-DESCRIPTION = {{ cookiecutter.description | tojson }}
+# Written as JSON strings (valid Python), so quotes and backslashes in a name stay data.
+TITLE = {{ cookiecutter.project_name | tojson }}  # fmt: skip
+VERSION = "{{ cookiecutter.version }}"
+DESCRIPTION = {{ cookiecutter.description | tojson }}  # fmt: skip
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,8 @@ def client_ip_allowed(networks: Iterable[Network]) -> bool:
         address = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
         return False
+    # A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d; compare them as IPv4.
+    address = getattr(address, "ipv4_mapped", None) or address
     return any(address in network for network in networks)
 
 

@@ -1,0 +1,205 @@
+"""Helpers shared by the template tests: the option matrix, subprocesses, baked projects."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent
+BIN_DIR = Path(sys.executable).parent
+
+# One bake per supported combination; together they use every option value
+# (tests/test_repository.py checks that they still do when an option is added).
+MATRIX: dict[str, dict[str, object]] = {
+    "default": {},
+    "minimal": {
+        # The longest slug allowed (50 characters): generated lines must still fit.
+        "project_name": "Northwind Internal Billing API",
+        "project_slug": "northwind-internal-billing-and-invoicing-api-v2-eu",
+        "use_rate_limiting": False,
+        "use_docker": False,
+        "use_docs_page": False,
+        "ci": "none",
+        "license": "Apache-2.0",
+    },
+    "quoted": {
+        "license": "BSD-3-Clause",
+        "project_name": 'Zoë\'s "Quoted" \\ API',
+        "description": 'Says "hello" to Zoë\'s users, ends with a backslash \\',
+        "author_name": 'Zoë O\'Brien "ZQ" \\',
+        "api_key_header": "Api-Token",
+        "key_prefix": "zq9",
+    },
+    "proprietary": {"license": "Proprietary", "ci": "github", "use_docker": False},
+}
+
+# Variables that change what a generated app or tool does: the environment the
+# tests run in must not leak into the subprocesses they start.
+_LEAKY_ENV = re.compile(
+    r"PYTHONPATH|PYTHONHOME|APP_ENV|API_.*|REQUIRE_HTTPS|TRUSTED_PROXIES|RATELIMIT_.*"
+    r"|AUTH_FAILURE_LIMIT|MAX_CONTENT_LENGTH|LOG_FORMAT|LOG_LEVEL|FLASK_.*|GUNICORN_.*"
+    r"|WEB_CONCURRENCY|PYTEST_.*|COOKIECUTTER_.*"
+)
+
+# A pinned requirement: name, optional extras, ==version.
+REQUIREMENT = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==(?P<version>[^\s;]+)")
+
+# Run inside a baked project (PYTHONPATH=src): answer a few GETs through the
+# test client and print what came back, as JSON on stdout.
+PROBE = """
+import importlib, json, sys
+app = importlib.import_module(sys.argv[1]).create_app()
+client = app.test_client()
+answers = {}
+for path in sys.argv[2:]:
+    response = client.get(path)
+    answers[path] = {"status": response.status_code, "json": response.get_json(silent=True)}
+print(json.dumps(answers))
+"""
+
+
+@dataclass(frozen=True)
+class Baked:
+    """A generated project: where it is and the answers that made it."""
+
+    root: Path
+    context: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def package(self) -> str:
+        """The import name (given or derived from the slug)."""
+        return str(self.context["package_name"])
+
+
+def answers_for(extra_context: dict[str, object]) -> dict[str, object]:
+    """The answers cookiecutter renders for ``extra_context`` (derived values included)."""
+    from cookiecutter.generate import generate_context
+    from cookiecutter.prompt import prompt_for_config
+
+    context = generate_context(
+        context_file=str(TEMPLATE_DIR / "cookiecutter.json"), extra_context=extra_context
+    )
+    return dict(prompt_for_config(context, no_input=True))
+
+
+# Subprocesses
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The current environment without settings that would steer a generated app."""
+    env = {name: value for name, value in os.environ.items() if not _LEAKY_ENV.fullmatch(name)}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.update(overrides)
+    return env
+
+
+def tool(name: str) -> list[str]:
+    """The command for a console script installed next to this interpreter."""
+    script = BIN_DIR / name
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", name.replace("-", "_")]
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run a command, capture its text output, never raise on a non-zero exit."""
+    kwargs.setdefault("env", clean_env())
+    kwargs.setdefault("stdin", subprocess.DEVNULL)  # as in CI: nobody answers prompts
+    kwargs.setdefault("timeout", 300)
+    return subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
+
+
+def output(result: subprocess.CompletedProcess[str]) -> str:
+    """Both streams of a finished command, for assertion messages."""
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def probe(project: Path, package: str, *paths: str) -> dict[str, dict]:
+    """GET ``paths`` from the project's app in a subprocess, with APP_ENV=testing."""
+    result = run(
+        [sys.executable, "-c", PROBE, package, *paths],
+        cwd=project,
+        env=clean_env(PYTHONPATH="src", APP_ENV="testing"),
+        timeout=60,
+    )
+    assert result.returncode == 0, output(result)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# Reading a baked project
+
+
+def load_keys_module(project: Path) -> ModuleType:
+    """Import a baked project's keys.py by path, as scripts/generate_api_key.py does."""
+    (keys_py,) = project.glob("src/*/keys.py")
+    name = "_baked_keys_" + hashlib.sha256(str(keys_py).encode()).hexdigest()[:12]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, keys_py)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The NAME=value lines of a .env file."""
+    pairs = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            pairs[name.strip()] = value.strip()
+    return pairs
+
+
+def text_files(root: Path) -> Iterator[tuple[Path, str]]:
+    """Yield (path, text) for every UTF-8 text file of a tree."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if b"\0" in data:
+                continue
+            try:
+                yield path, data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+
+
+# The template repository
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name normalization: Flask, flask and flask_ are one project."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements_dev() -> dict[str, str]:
+    """requirements-dev.txt as {normalized name: pinned version}."""
+    pins = {}
+    for line in (TEMPLATE_DIR / "requirements-dev.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = REQUIREMENT.fullmatch(line)
+        assert match, f"requirements-dev.txt: {line!r} is not pinned with =="
+        pins[normalize(match["name"])] = match["version"]
+    return pins

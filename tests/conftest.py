@@ -1,0 +1,98 @@
+"""Bake projects from the template once per option combination and share them.
+
+Every test reaches the template the way a user does: through cookiecutter's own
+entry point. A bake is keyed by its answers and made once per session, even
+when pytest-xdist spreads the tests over several workers (a file lock guards a
+directory that all workers share, as the pytest-xdist documentation shows).
+Baked trees are read-only by convention: a test that runs something inside a
+project works on its own copy (``project_copy``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+from filelock import FileLock
+
+from bakery import MATRIX, TEMPLATE_DIR, Baked, answers_for
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory, request) -> Path:
+    """A directory common to every xdist worker of this session (and only this one)."""
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's basetemp is <session dir>/popen-gwN.
+    return base.parent if hasattr(request.config, "workerinput") else base
+
+
+@pytest.fixture(scope="session")
+def cookiecutter_config(shared_dir) -> Path:
+    """A cookiecutter config file of our own: no user defaults, no replay files in $HOME."""
+    path = shared_dir / "cookiecutter-config.yaml"
+    with FileLock(f"{path}.lock"):
+        if not path.is_file():
+            path.write_text(
+                f"cookiecutters_dir: {json.dumps(str(shared_dir / 'cookiecutters'))}\n"
+                f"replay_dir: {json.dumps(str(shared_dir / 'replay'))}\n",
+                encoding="utf-8",
+            )
+    return path
+
+
+@pytest.fixture(scope="session")
+def bake(shared_dir, cookiecutter_config):
+    """``bake(**extra_context)`` -> Baked: generate with these answers, once per session."""
+
+    def _bake(**extra_context: object) -> Baked:
+        digest = hashlib.sha256(
+            json.dumps(extra_context, sort_keys=True, ensure_ascii=True).encode()
+        ).hexdigest()[:16]
+        cache = shared_dir / "bakes" / digest
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        done = cache / "bake.json"
+        with FileLock(f"{cache}.lock"):
+            if not done.is_file():
+                shutil.rmtree(cache, ignore_errors=True)
+                cache.mkdir()
+                project = cookiecutter(
+                    str(TEMPLATE_DIR),
+                    no_input=True,
+                    extra_context=extra_context,
+                    output_dir=str(cache / "out"),
+                    config_file=str(cookiecutter_config),
+                )
+                answers = answers_for(extra_context)
+                done.write_text(json.dumps({"root": project, "context": answers}), encoding="utf-8")
+        record = json.loads(done.read_text(encoding="utf-8"))
+        return Baked(root=Path(record["root"]), context=record["context"])
+
+    return _bake
+
+
+@pytest.fixture(params=list(MATRIX))
+def baked(request, bake) -> Baked:
+    """Each project of the matrix, baked once and shared by every check on it."""
+    return bake(**MATRIX[request.param])
+
+
+@pytest.fixture
+def default_project(bake) -> Baked:
+    """The project made with every default answer."""
+    return bake()
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """``project_copy(baked)`` -> a private copy of a baked project, free to be written to."""
+
+    def _copy(baked: Baked) -> Path:
+        target = tmp_path / baked.root.name
+        shutil.copytree(baked.root, target, symlinks=True)
+        return target
+
+    return _copy

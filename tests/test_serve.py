@@ -1,0 +1,235 @@
+"""The default project served as documented: gunicorn from the project root, in production.
+
+Requests go over real sockets with ``requests``; a TLS-terminating proxy is
+played by sending ``X-Forwarded-Proto: https`` with TRUSTED_PROXIES=1.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from bakery import Baked, clean_env, free_port, read_env_file, tool
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT = 30
+ONE_YEAR = 365 * 24 * 3600
+
+
+class Server:
+    """A gunicorn (or flask) process with its output in a file, stopped on teardown."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._log_handle = log.open("wb")
+        self.process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        if not self._log_handle.closed:
+            self._log_handle.flush()
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit status, or None if it is still running after ``timeout`` seconds."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> int | None:
+        """SIGTERM (gunicorn's graceful stop), then SIGKILL if it hangs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            if self.wait_exit(30) is None:
+                self.process.kill()
+                self.process.wait()
+        self._log_handle.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start(tmp_path):
+    """``start(command, cwd, env)`` -> Server; every server is stopped at teardown."""
+    servers: list[Server] = []
+
+    def _start(command: list[str], cwd: Path, env: dict[str, str]) -> Server:
+        server = Server(command, cwd, env, tmp_path / f"server-{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop()
+
+
+def gunicorn_env(project: Baked, port: int, runtime_dir: Path, **settings: str) -> dict[str, str]:
+    """Production settings for gunicorn; API_KEYS comes from the project's .env.
+
+    gunicorn's control socket goes to ``runtime_dir``: servers running side by
+    side must not take over each other's default $HOME/.gunicorn/gunicorn.ctl.
+    """
+    settings.setdefault("API_KEYS", read_env_file(project.root / ".env")["API_KEYS"])
+    return clean_env(
+        XDG_RUNTIME_DIR=str(runtime_dir),
+        PYTHONPATH="src",
+        APP_ENV="production",
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        WEB_CONCURRENCY="2",
+        **settings,
+    )
+
+
+def gunicorn_command(project: Baked) -> list[str]:
+    """The documented command line: ``gunicorn '<package>:create_app()'``."""
+    return [*tool("gunicorn"), f"{project.package}:create_app()"]
+
+
+def wait_until_healthy(server: Server, base: str) -> None:
+    """Poll /health until it answers 200; fail early if the server died."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"server exited with {server.process.returncode}:\n{server.output()}")
+        try:
+            if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"server not healthy after {START_TIMEOUT}s:\n{server.output()}")
+
+
+def json_lines(text: str) -> list[dict]:
+    """The log lines that are JSON objects."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+@pytest.fixture
+def served(default_project, start, tmp_path):
+    """The default project under gunicorn, in production, behind one trusted proxy hop."""
+    port = free_port()
+    env = gunicorn_env(default_project, port, tmp_path, TRUSTED_PROXIES="1")
+    server = start(gunicorn_command(default_project), default_project.root, env)
+    base = f"http://127.0.0.1:{port}"
+    wait_until_healthy(server, base)
+    return server, base, env["API_KEYS"]
+
+
+def test_gunicorn_serves_the_api_in_production(served, default_project):
+    """Over 'HTTPS' the key opens the API; without it, or over plain HTTP, it does not."""
+    server, base, key = served
+    header = default_project.context["api_key_header"]
+    https = {"X-Forwarded-Proto": "https"}
+    url = f"{base}/v1/secure-data"
+
+    missing = requests.get(url, headers=https, timeout=10)
+    assert missing.status_code == 401
+    assert missing.json()["error"] == "missing_api_key"
+    assert "WWW-Authenticate" in missing.headers
+
+    ok = requests.get(f"{url}?note=query-string-marker", headers={**https, header: key}, timeout=10)
+    assert ok.status_code == 200, ok.text
+    assert "data" in ok.json()
+    assert ok.headers.get("X-Request-ID")
+    hsts = ok.headers["Strict-Transport-Security"]
+    assert int(hsts.split("max-age=")[1].split(";")[0]) >= ONE_YEAR
+
+    plain = requests.get(url, headers={header: key}, timeout=10)
+    assert plain.status_code == 403
+    assert plain.json()["error"] == "https_required"
+    assert plain.headers.get("X-Request-ID")
+    assert "Strict-Transport-Security" in plain.headers
+
+    assert server.stop() == 0, server.output()
+    logged = server.output()
+    assert key not in logged, "the raw key reached the log"
+    assert "query-string-marker" not in logged, "the query string reached the log"
+    records = json_lines(logged)
+    access = [record for record in records if "/v1/secure-data" in json.dumps(record)]
+    assert len(access) >= 3, f"no JSON access lines:\n{logged}"
+    assert any(record.get("status") == 200 for record in access), access
+    # A valid key over plain HTTP is an exposed credential: logged at ERROR for rotation.
+    assert any(record.get("level", record.get("levelname")) == "ERROR" for record in records)
+
+
+def test_gunicorn_trusts_no_forwarded_header_by_default(default_project, start, tmp_path):
+    """TRUSTED_PROXIES=0: X-Forwarded-Proto is ignored by the app and by gunicorn itself."""
+    port = free_port()
+    env = gunicorn_env(default_project, port, tmp_path)
+    server = start(gunicorn_command(default_project), default_project.root, env)
+    base = f"http://127.0.0.1:{port}"
+    wait_until_healthy(server, base)
+    header = default_project.context["api_key_header"]
+    spoofed = requests.get(
+        f"{base}/v1/secure-data",
+        headers={"X-Forwarded-Proto": "https", header: env["API_KEYS"]},
+        timeout=10,
+    )
+    assert spoofed.status_code == 403
+    assert spoofed.json()["error"] == "https_required"
+
+
+@pytest.mark.parametrize("api_keys", [None, "", "changeme", "12345"], ids=repr)
+def test_gunicorn_refuses_to_start_without_a_real_key(default_project, start, tmp_path, api_keys):
+    """Fail closed: no key or a placeholder stops gunicorn, naming API_KEYS, not the value."""
+    env = gunicorn_env(default_project, free_port(), tmp_path)
+    if api_keys is None:
+        del env["API_KEYS"]
+    else:
+        env["API_KEYS"] = api_keys
+    server = start(gunicorn_command(default_project), default_project.root, env)
+    status = server.wait_exit(20)
+    assert status is not None, f"gunicorn kept running:\n{server.output()}"
+    assert status != 0
+    logged = server.output()
+    assert "API_KEYS" in logged
+    if api_keys:
+        assert api_keys not in logged, "the bad value was echoed"
+
+
+@pytest.mark.parametrize("skip_dotenv", [False, True], ids=["with-dotenv", "skip-dotenv"])
+def test_flask_run_refuses_to_start_with_a_placeholder_key(default_project, start, skip_dotenv):
+    """`flask run` in production with API_KEYS=12345 exits non-zero without echoing it.
+
+    The real environment wins over .env, whose development settings must not
+    rescue a production start.
+    """
+    env = clean_env(
+        PYTHONPATH="src",
+        APP_ENV="production",
+        API_KEYS="12345",
+        FLASK_APP=default_project.package,
+    )
+    if skip_dotenv:
+        env["FLASK_SKIP_DOTENV"] = "1"
+    command = [*tool("flask"), "run", "--port", str(free_port())]
+    server = start(command, default_project.root, env)
+    status = server.wait_exit(20)
+    assert status is not None, f"flask run kept running:\n{server.output()}"
+    assert status != 0
+    logged = server.output()
+    assert "API_KEYS" in logged
+    assert "12345" not in logged
