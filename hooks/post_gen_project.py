@@ -8,6 +8,7 @@ cookiecutter leaves behind in a temporary directory.
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,18 +19,28 @@ ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 # Paths that exist only for an option; removed when the option is off.
 OPTIONAL_PATHS = {
     "use_docker": ["Dockerfile", ".dockerignore"],
+    "use_docs_page": [
+        "src/{package}/docs.py",
+        "src/{package}/templates",
+        "src/{package}/static",
+        "tests/test_docs.py",
+    ],
     "ci": [".github"],
 }
 
 
 def remove_unused(answers, root):
     """Delete the files of every option that was turned off."""
-    enabled = {"use_docker": answers["use_docker"], "ci": answers["ci"] != "none"}
+    enabled = {
+        "use_docker": answers["use_docker"],
+        "use_docs_page": answers["use_docs_page"],
+        "ci": answers["ci"] != "none",
+    }
     for option, paths in OPTIONAL_PATHS.items():
         if enabled[option]:
             continue
         for relative in paths:
-            path = root / relative
+            path = root / relative.format(package=answers["package_name"])
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
@@ -66,26 +77,43 @@ def write_env(root):
     return True
 
 
+def where_to_cd(root):
+    """The project directory as the user would type it: relative to where they ran
+    cookiecutter when it lies below, absolute otherwise."""
+    here = os.environ.get("PWD", "")
+    if here and root.is_relative_to(here):
+        return str(root.relative_to(here))
+    return str(root)
+
+
 def summary(answers, root, wrote_env):
-    """The few lines a person needs next: what was made, where the key is, what to run."""
-    key_line = (
-        "written to .env (mode 0600, git-ignored)" if wrote_env else "kept: .env already existed"
-    )
+    """A few aligned lines: what was made, where the key is, the next commands; never the key."""
+    rows = [
+        ("Created", answers["project_name"]),
+        ("In", str(root)),
+        (
+            "API key",
+            "written to .env (mode 0600, git-ignored)"
+            if wrote_env
+            else "kept: .env already existed",
+        ),
+    ]
+    if answers["use_docs_page"]:
+        rows.append(("API docs", "http://127.0.0.1:5000/docs once it runs"))
+    read_key = "$(sed -n 's/^API_KEYS=//p' .env)"
+    curl = f'curl -H "{answers["api_key_header"]}: {read_key}" http://127.0.0.1:5000/v1/whoami'
     return "\n".join(
         [
             "",
-            f"  Created    {answers['project_name']} in {root}",
-            f"  Package    src/{answers['package_name']}",
-            f"  API key    {key_line}",
+            *(f"  {label:<10}{value}" for label, value in rows),
             "",
             "  Next:",
-            f"    cd {answers['project_slug']}",
-            "    python3 -m venv .venv && .venv/bin/pip install -e '.[dev]'",
-            "    .venv/bin/flask run",
+            f"    cd {shlex.quote(where_to_cd(root))}",
+            "    make install   # .venv with the project and its dev tools",
+            "    make run       # http://127.0.0.1:5000, with the key from .env",
             "",
             "  Then, in another terminal:",
-            f"    curl -H \"{answers['api_key_header']}: $(sed -n 's/^API_KEYS=//p' .env)\" "
-            "http://127.0.0.1:5000/v1/whoami",
+            f"    {curl}",
             "",
         ]
     )

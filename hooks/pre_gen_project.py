@@ -29,9 +29,11 @@ DEPENDENCY_NAMES = {
     "click",
     "dotenv",
     "flask",
+    "flask_swagger_ui",
     "gunicorn",
     "jinja2",
     "pythonjsonlogger",
+    "tomli_w",
     "werkzeug",
 }
 # PEP 440 public versions, the common forms.

@@ -7,16 +7,22 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+import requests
+
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
+START_TIMEOUT = 30
 
 # One bake per supported combination; together they use every option value
 # (tests/test_repository.py checks that they still do when an option is added).
@@ -141,6 +147,98 @@ def probe(project: Path, package: str, *paths: str) -> dict[str, dict]:
     )
     assert result.returncode == 0, output(result)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# Servers
+
+
+class Server:
+    """A gunicorn (or flask) process with its output in a file, stopped on teardown."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._log_handle = log.open("wb")
+        self.process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        if not self._log_handle.closed:
+            self._log_handle.flush()
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit status, or None if it is still running after ``timeout`` seconds."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> int | None:
+        """SIGTERM (gunicorn's graceful stop), then SIGKILL if it hangs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            if self.wait_exit(30) is None:
+                self.process.kill()
+                self.process.wait()
+        self._log_handle.close()
+        return self.process.returncode
+
+
+def gunicorn_env(project: Baked, port: int, runtime_dir: Path, **settings: str) -> dict[str, str]:
+    """Production settings for gunicorn; API_KEYS comes from the project's .env.
+
+    gunicorn's control socket goes to ``runtime_dir``: servers running side by
+    side must not take over each other's default $HOME/.gunicorn/gunicorn.ctl.
+    """
+    settings.setdefault("API_KEYS", read_env_file(project.root / ".env")["API_KEYS"])
+    return clean_env(
+        XDG_RUNTIME_DIR=str(runtime_dir),
+        PYTHONPATH="src",
+        APP_ENV="production",
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        WEB_CONCURRENCY="2",
+        **settings,
+    )
+
+
+def gunicorn_command(project: Baked) -> list[str]:
+    """The documented command line: ``gunicorn '<package>:create_app()'``."""
+    return [*tool("gunicorn"), f"{project.package}:create_app()"]
+
+
+def wait_until_healthy(server: Server, base: str) -> None:
+    """Poll /health until it answers 200; fail early if the server died."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"server exited with {server.process.returncode}:\n{server.output()}")
+        try:
+            if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"server not healthy after {START_TIMEOUT}s:\n{server.output()}")
+
+
+def json_lines(text: str) -> list[dict]:
+    """The log lines that are JSON objects."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 # Reading a baked project

@@ -5,7 +5,8 @@ entry point. A bake is keyed by its answers and made once per session, even
 when pytest-xdist spreads the tests over several workers (a file lock guards a
 directory that all workers share, as the pytest-xdist documentation shows).
 Baked trees are read-only by convention: a test that runs something inside a
-project works on its own copy (``project_copy``).
+project works on its own copy (``project_copy``). A project that must be
+installed (its ``flask keys`` entry point) is installed once per session too.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 from cookiecutter.main import cookiecutter
 from filelock import FileLock
 
-from bakery import MATRIX, TEMPLATE_DIR, Baked, answers_for
+from bakery import MATRIX, TEMPLATE_DIR, Baked, Server, answers_for, output, run
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +98,59 @@ def project_copy(tmp_path):
         return target
 
     return _copy
+
+
+@pytest.fixture(scope="session")
+def install(shared_dir):
+    """``install(baked)`` -> a directory for PYTHONPATH holding the project, installed once.
+
+    ``pip install --target`` (no dependencies: this interpreter has them) writes
+    the package and its metadata, so entry points such as the ``flask keys``
+    command plugin work. pip builds in the source tree, so it builds a copy.
+    """
+
+    def _install(baked: Baked) -> Path:
+        digest = hashlib.sha256(str(baked.root).encode()).hexdigest()[:16]
+        cache = shared_dir / "installs" / digest
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        done = cache / "installed"
+        with FileLock(f"{cache}.lock"):
+            if not done.is_file():
+                shutil.rmtree(cache, ignore_errors=True)
+                source = cache / "source"
+                shutil.copytree(baked.root, source, symlinks=True)
+                result = run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pip",
+                        "install",
+                        "--no-deps",
+                        "--no-input",
+                        "--disable-pip-version-check",
+                        "--quiet",
+                        "--target",
+                        str(cache / "site"),
+                        str(source),
+                    ]
+                )
+                assert result.returncode == 0, output(result)
+                done.touch()
+        return cache / "site"
+
+    return _install
+
+
+@pytest.fixture
+def start(tmp_path):
+    """``start(command, cwd, env)`` -> Server; every server is stopped at teardown."""
+    servers: list[Server] = []
+
+    def _start(command: list[str], cwd: Path, env: dict[str, str]) -> Server:
+        server = Server(command, cwd, env, tmp_path / f"server-{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop()

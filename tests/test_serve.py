@@ -7,124 +7,23 @@ played by sending ``X-Forwarded-Proto: https`` with TRUSTED_PROXIES=1.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from bakery import Baked, clean_env, free_port, read_env_file, tool
+from bakery import (
+    clean_env,
+    free_port,
+    gunicorn_command,
+    gunicorn_env,
+    json_lines,
+    tool,
+    wait_until_healthy,
+)
 
 pytestmark = pytest.mark.slow
 
-START_TIMEOUT = 30
 ONE_YEAR = 365 * 24 * 3600
-
-
-class Server:
-    """A gunicorn (or flask) process with its output in a file, stopped on teardown."""
-
-    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._log_handle = log.open("wb")
-        self.process = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        """Everything the process printed so far."""
-        if not self._log_handle.closed:
-            self._log_handle.flush()
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def wait_exit(self, timeout: float) -> int | None:
-        """The exit status, or None if it is still running after ``timeout`` seconds."""
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self) -> int | None:
-        """SIGTERM (gunicorn's graceful stop), then SIGKILL if it hangs."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            if self.wait_exit(30) is None:
-                self.process.kill()
-                self.process.wait()
-        self._log_handle.close()
-        return self.process.returncode
-
-
-@pytest.fixture
-def start(tmp_path):
-    """``start(command, cwd, env)`` -> Server; every server is stopped at teardown."""
-    servers: list[Server] = []
-
-    def _start(command: list[str], cwd: Path, env: dict[str, str]) -> Server:
-        server = Server(command, cwd, env, tmp_path / f"server-{len(servers)}.log")
-        servers.append(server)
-        return server
-
-    yield _start
-    for server in servers:
-        server.stop()
-
-
-def gunicorn_env(project: Baked, port: int, runtime_dir: Path, **settings: str) -> dict[str, str]:
-    """Production settings for gunicorn; API_KEYS comes from the project's .env.
-
-    gunicorn's control socket goes to ``runtime_dir``: servers running side by
-    side must not take over each other's default $HOME/.gunicorn/gunicorn.ctl.
-    """
-    settings.setdefault("API_KEYS", read_env_file(project.root / ".env")["API_KEYS"])
-    return clean_env(
-        XDG_RUNTIME_DIR=str(runtime_dir),
-        PYTHONPATH="src",
-        APP_ENV="production",
-        GUNICORN_BIND=f"127.0.0.1:{port}",
-        WEB_CONCURRENCY="2",
-        **settings,
-    )
-
-
-def gunicorn_command(project: Baked) -> list[str]:
-    """The documented command line: ``gunicorn '<package>:create_app()'``."""
-    return [*tool("gunicorn"), f"{project.package}:create_app()"]
-
-
-def wait_until_healthy(server: Server, base: str) -> None:
-    """Poll /health until it answers 200; fail early if the server died."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"server exited with {server.process.returncode}:\n{server.output()}")
-        try:
-            if requests.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"server not healthy after {START_TIMEOUT}s:\n{server.output()}")
-
-
-def json_lines(text: str) -> list[dict]:
-    """The log lines that are JSON objects."""
-    records = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 @pytest.fixture

@@ -13,6 +13,11 @@ timeout = 30
 graceful_timeout = 30
 keepalive = 5
 
+# Build the app once, in the master, before forking the workers: a bad setting or a
+# broken key registry stops the server at start-up with one error, and a worker
+# restarted later cannot fail to boot on a file that broke meanwhile.
+preload_app = True
+
 # Trust no X-Forwarded-* header here: the app's TRUSTED_PROXIES setting is the
 # only place that decides how many proxy hops to believe (scheme and IP spoofing).
 forwarded_allow_ips = ""

@@ -4,11 +4,13 @@ a fresh API key per test, and a capture of the app's own formatted log lines.
 
 import json
 import logging
+from datetime import UTC, datetime
 
 import pytest
 
-from {{ cookiecutter.package_name }} import create_app, keys
+from {{ cookiecutter.package_name }} import create_app, keys, registry
 from {{ cookiecutter.package_name }} import logs as app_logs
+from {{ cookiecutter.package_name }}.cli import keys as keys_command
 
 # The package logger: propagate=False with its own stderr handler, so caplog cannot see it.
 PACKAGE_LOGGER = create_app.__module__
@@ -118,3 +120,53 @@ def issue_key(key):
         return new_key
 
     return issue
+
+
+@pytest.fixture
+def registry_path(tmp_path):
+    """The key registry file: the default API_KEYS_FILE of this test's directory, which
+    exists (the file itself does not, until a key is added)."""
+    (tmp_path / "instance").mkdir()
+    return tmp_path / "instance" / "api_keys.toml"
+
+
+@pytest.fixture
+def registry_key(registry_path):
+    """Add a key to the registry file with chosen metadata; return (key, entry).
+
+    ``created`` backdates the key, so that an expiry already past can be written the
+    way ``flask keys`` would have written it; ``revoked=True`` revokes it afterwards.
+    """
+
+    def add(name="registry-key", *, created=None, revoked=False, **fields):
+        now = datetime.now(UTC).replace(microsecond=0)
+        with registry.editing(registry_path) as entries:
+            new_key, entry = registry.create(entries, name, now=created or now, **fields)
+            if revoked:
+                entry = registry.revoke(entries, name, now=now)
+        return new_key, entry
+
+    return add
+
+
+@pytest.fixture
+def keys_cli(runner, registry_path):
+    """Run ``flask keys ARGS...`` on registry_path as the user ``auditor``; return click's Result
+    (``.stdout`` and ``.stderr`` apart). Keyword arguments are extra environment variables.
+
+    The command sets up logging for its own (captured) stderr; the app's logging is put
+    back afterwards, so requests made later in the test still log where they did.
+    """
+
+    def invoke(*args, input=None, **environ):
+        logger = logging.getLogger(PACKAGE_LOGGER)
+        saved = list(logger.handlers), logger.level, logger.propagate
+        env = {"API_KEYS_FILE": str(registry_path), "USER": "auditor", **environ}
+        try:
+            return runner.invoke(keys_command, list(args), input=input, env=env)
+        finally:
+            logger.handlers[:] = saved[0]
+            logger.setLevel(saved[1])
+            logger.propagate = saved[2]
+
+    return invoke

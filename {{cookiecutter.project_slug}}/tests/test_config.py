@@ -148,7 +148,7 @@ def test_production_starts_with_a_hashed_entry_only(key):
 @pytest.mark.parametrize("app_env", ["development", "testing"])
 def test_no_key_is_allowed_outside_production(app_env):
     app = create_app({"APP_ENV": app_env})
-    assert len(app.extensions["api_keys"]) == 0
+    assert len(app.extensions["api_keys"].ring) == 0
     response = app.test_client().get("/v1/whoami", headers={API_KEY_HEADER: keys.generate_key()})
     assert response.status_code == 401
 

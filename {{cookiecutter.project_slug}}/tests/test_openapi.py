@@ -8,6 +8,13 @@ import pytest
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
 
 IGNORED_METHODS = frozenset(["HEAD", "OPTIONS"])
+{%- if cookiecutter.use_docs_page %}
+# Pages and files for people, not API operations: static files, the /docs page and its assets.
+UNDOCUMENTED_ENDPOINTS = frozenset(["static", "docs.page", "docs.swagger_ui"])
+{%- else %}
+# Files for people, not API operations.
+UNDOCUMENTED_ENDPOINTS = frozenset(["static"])
+{%- endif %}
 
 
 def openapi_path(rule):
@@ -47,7 +54,7 @@ def test_is_openapi_3_1(document):
 def test_every_route_is_documented_and_nothing_else(app, document):
     served = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint in UNDOCUMENTED_ENDPOINTS:
             continue
         for method in rule.methods - IGNORED_METHODS:
             served.add((openapi_path(rule.rule), method))

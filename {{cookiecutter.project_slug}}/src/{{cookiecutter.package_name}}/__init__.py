@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from . import api, errors, logs, security
-from .config import ConfigError, load_config, load_key_ring
+from . import api, {% if cookiecutter.use_docs_page %}docs, {% endif %}errors, logs, security
+from .config import ConfigError, load_config, load_key_store
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -32,8 +32,11 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     app.json.sort_keys = False
 
     logs.init_app(app)
-    app.extensions["api_keys"] = load_key_ring(environ, config)
+    app.extensions["api_keys"] = load_key_store(environ, config)
     security.init_app(app)
     errors.init_app(app)
     api.init_app(app)
+{%- if cookiecutter.use_docs_page %}
+    docs.init_app(app)
+{%- endif %}
     return app

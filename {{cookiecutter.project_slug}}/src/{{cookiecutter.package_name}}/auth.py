@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
-from flask import current_app, g, request
+from flask import after_this_request, current_app, g, request
 
 from .config import API_KEY_HEADER
 from .errors import (
@@ -23,6 +23,11 @@ from .keys import KeyRecord, fingerprint
 from .security import client_ip_allowed
 
 log = logging.getLogger(__name__)
+
+EXPIRES_HEADER = "API-Key-Expires"
+EXPIRY_WARNING = timedelta(days=7)
+# Fingerprints of keys whose coming expiry this process has already logged.
+_expiry_logged: set[str] = set()
 
 
 def require_api_key(view_or_scope: Callable[..., Any] | str | None = None, /, *scopes: str):
@@ -58,6 +63,10 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
     record = current_app.extensions["api_keys"].lookup(presented)
     if record is None:
         _refuse(InvalidAPIKey(), presented)
+    if record.revoked:
+        _refuse(InvalidAPIKey(), presented, reason="revoked")
+    if record.expires is not None:
+        _announce_expiry(record, presented)
     if record.is_expired(datetime.now(UTC)):
         _refuse(ExpiredAPIKey(), presented)
     # A stolen key is useless outside its allowlists (credential theft).
@@ -73,13 +82,35 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
     return record
 
 
-def _refuse(error: APIError, presented: str) -> NoReturn:
+def _announce_expiry(record: KeyRecord, presented: str) -> None:
+    """Tell the client when its key ends, and the operator once when that is near."""
+    expires = record.expires.isoformat()  # type: ignore[union-attr]
+
+    @after_this_request
+    def add_header(response):
+        response.headers[EXPIRES_HEADER] = expires
+        return response
+
+    remaining = record.expires - datetime.now(UTC)  # type: ignore[operator]
+    if timedelta(0) < remaining <= EXPIRY_WARNING and record.fingerprint not in _expiry_logged:
+        _expiry_logged.add(record.fingerprint)
+        log.warning(
+            "API key %r (fingerprint %s) expires in %s, at %s: rotate it",
+            record.name,
+            record.fingerprint,
+            str(remaining).split(".")[0],
+            expires,
+        )
+
+
+def _refuse(error: APIError, presented: str, reason: str | None = None) -> NoReturn:
     # Log who tried and why, by fingerprint: the raw key never reaches a log (credential leak).
+    reason = reason or error.code
     log.warning(
         "authentication failed: %s from %s, key fingerprint %s",
-        error.code,
+        reason,
         request.remote_addr,
         fingerprint(presented) if presented else "-",
-        extra={"reason": error.code, "client_ip": request.remote_addr},
+        extra={"reason": reason, "client_ip": request.remote_addr},
     )
     raise error

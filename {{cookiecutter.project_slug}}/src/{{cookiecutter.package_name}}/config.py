@@ -9,9 +9,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
-from .keys import KeyConfigError, KeyRing, parse_api_keys
+from .keys import KeyConfigError, parse_api_keys
+from .registry import KeyStore, RegistryError
 
 API_KEY_HEADER = "{{ cookiecutter.api_key_header }}"
 ENVIRONMENTS = ("production", "development", "testing")
@@ -42,29 +44,36 @@ def load_config(environ: Mapping[str, str]) -> dict[str, object]:
         "REQUIRE_HTTPS": _boolean(environ, "REQUIRE_HTTPS", default=production),
         "TRUSTED_PROXIES": _integer(environ, "TRUSTED_PROXIES", default=0, minimum=0),
         "API_ALLOWED_IPS": _networks(environ, "API_ALLOWED_IPS"),
-        "API_KEYS_FILE": Path(environ.get("API_KEYS_FILE") or "instance/api_keys.toml").absolute(),
+        "API_KEYS_FILE": key_file(environ),
         "MAX_CONTENT_LENGTH": _integer(environ, "MAX_CONTENT_LENGTH", default=1_048_576, minimum=1),
         "LOG_FORMAT": log_format,
         "LOG_LEVEL": log_level,
     }
 
 
-def load_key_ring(environ: Mapping[str, str], config: Mapping[str, object]) -> KeyRing:
-    """Build the key ring from API_KEYS; in production, refuse to run without a key.
+def key_file(environ: Mapping[str, str]) -> Path:
+    """Where the key registry lives: API_KEYS_FILE, relative to the working directory."""
+    return Path(environ.get("API_KEYS_FILE") or "instance/api_keys.toml").absolute()
 
-    Fail closed: an API with no key, or with a placeholder such as ``changeme``
-    that can never match, is a misconfiguration, not an open API.
+
+def load_key_store(environ: Mapping[str, str], config: Mapping[str, object]) -> KeyStore:
+    """Gather the keys of API_KEYS and of the registry; in production, refuse to run without one.
+
+    Fail closed: an API with no usable key, or with a placeholder such as
+    ``changeme`` that can never match, is a misconfiguration, not an open API.
     """
     try:
-        ring = KeyRing(parse_api_keys(environ.get("API_KEYS", "")))
-    except KeyConfigError as error:
+        static = list(parse_api_keys(environ.get("API_KEYS", "")))
+        store = KeyStore(static, config["API_KEYS_FILE"])  # type: ignore[arg-type]
+    except (KeyConfigError, RegistryError) as error:
         raise ConfigError(str(error)) from None
-    if config["APP_ENV"] == "production" and not ring:
+    if config["APP_ENV"] == "production" and not store.usable_count(datetime.now(UTC)):
         raise ConfigError(
             "API_KEYS: no API key is configured; set API_KEYS to a key made by "
-            "scripts/generate_api_key.py (or its sha256: entry)"
+            "scripts/generate_api_key.py (or its sha256: entry), or create one with "
+            "`flask keys create NAME`"
         )
-    return ring
+    return store
 
 
 def _boolean(environ: Mapping[str, str], name: str, *, default: bool) -> bool:

@@ -112,6 +112,8 @@ class KeyRecord:
     scopes: frozenset[str] = frozenset({WILDCARD_SCOPE})
     expires: datetime | None = None
     allowed_ips: tuple[Network, ...] = field(default=())
+    revoked: bool = False
+    rate_limit: str | None = None
 
     def has_scope(self, scope: str) -> bool:
         """True when the key may use ``scope``; ``*`` grants every scope."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from flask import Flask, current_app, request
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -26,6 +27,16 @@ API_HEADERS = {
 }
 # Two years: browsers never try plain HTTP again (SSL stripping).
 HSTS = "max-age=63072000; includeSubDomains"
+{%- if cookiecutter.use_docs_page %}
+# The /docs page alone runs code: Swagger UI's scripts and styles from this server, its
+# icons as data: images, requests to this API only; nothing inline, nothing from elsewhere
+# (cross-site scripting, key exfiltration).
+DOCS_PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+DOCS_PAGE_ENDPOINT = "docs.page"
+{%- endif %}
 
 
 def init_app(app: Flask) -> None:
@@ -64,7 +75,7 @@ def _require_https() -> None:
         return
     presented = request.headers.get(API_KEY_HEADER, "").strip()
     record = current_app.extensions["api_keys"].lookup(presented) if presented else None
-    if record is not None:
+    if record is not None and not record.revoked and not record.is_expired(datetime.now(UTC)):
         # The key crossed the network in clear (credential over plaintext): say so loudly.
         log.error(
             "valid API key %r (fingerprint %s) was sent over plain HTTP from %s: rotate it",
@@ -77,6 +88,10 @@ def _require_https() -> None:
 
 
 def _security_headers(response: Response) -> Response:
+{%- if cookiecutter.use_docs_page %}
+    if request.endpoint == DOCS_PAGE_ENDPOINT and response.mimetype == "text/html":
+        response.headers["Content-Security-Policy"] = DOCS_PAGE_CSP
+{%- endif %}
     for name, value in API_HEADERS.items():
         response.headers.setdefault(name, value)
     if current_app.config["APP_ENV"] == "production":

@@ -1,0 +1,270 @@
+"""``flask keys ...``: create, list, show, rotate, revoke and check API keys.
+
+These commands work without the app, so even a production server that refuses
+to start (it has no key yet) can be given its first key. A new key is printed
+once, alone on stdout, so it can be piped; everything else goes to stderr.
+Each change is logged as one audit line with who made it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from . import registry
+from .config import key_file
+from .keys import fingerprint, hash_key, is_well_formed, parse_api_keys
+from .logs import PACKAGE_LOGGER, configure_logging
+
+audit = logging.getLogger(f"{PACKAGE_LOGGER}.audit")
+
+
+class _Checked(click.ParamType):
+    """A click type backed by one of the registry's parsers (bad value: exit 2)."""
+
+    def __init__(self, name: str, parse) -> None:
+        self.name = name
+        self._parse = parse
+
+    def convert(self, value, param, ctx):
+        try:
+            return self._parse(value)
+        except registry.RegistryError as error:
+            self.fail(str(error), param, ctx)
+
+
+DURATION = _Checked("duration", registry.parse_duration)
+DATE = _Checked("date", registry.parse_date)
+NETWORK = _Checked("cidr", lambda value: registry.check_networks([value])[0])
+RATE_LIMIT = _Checked("limit", registry.check_rate_limit)
+
+
+@click.group()
+def keys() -> None:
+    """Manage the API keys in the registry file (API_KEYS_FILE).
+
+    The registry holds only hashes; a key is shown once, when it is created or
+    rotated. A running server picks up every change within a second.
+    """
+    log_format = os.environ.get("LOG_FORMAT", "text").strip().lower()
+    configure_logging(log_format if log_format in ("json", "text") else "text", "INFO")
+
+
+@keys.command()
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    metavar="SCOPE",
+    help="What the key may do, e.g. items:read. Repeat for several. "
+    "Without --scope the key gets '*', every scope.",
+)
+@click.option("--expires-in", type=DURATION, help="Lifetime such as 90d, 12h, 2w (s m h d w).")
+@click.option("--expires", type=DATE, help="Expiry date such as 2027-01-31 (UTC).")
+@click.option(
+    "--allow-ip",
+    "allowed_ips",
+    multiple=True,
+    type=NETWORK,
+    metavar="CIDR",
+    help="Accept the key only from this network, e.g. 203.0.113.0/24. Repeat for several.",
+)
+@click.option("--rate-limit", type=RATE_LIMIT, help="Limit for this key, e.g. 100/minute.")
+def create(name, scopes, expires_in, expires, allowed_ips, rate_limit) -> None:
+    """Create key NAME and print it once on stdout."""
+    if expires_in is not None and expires is not None:
+        raise click.UsageError("give --expires-in or --expires, not both")
+    now = _now()
+    with _editing() as entries:
+        key, entry = registry.create(
+            entries,
+            name,
+            scopes=scopes,
+            expires=now + expires_in if expires_in is not None else expires,
+            allowed_ips=allowed_ips,
+            rate_limit=rate_limit,
+            now=now,
+        )
+    _audit("create", entry)
+    click.echo(
+        f"Created key {entry.name!r} (fingerprint {entry.fingerprint}, scopes "
+        f"{' '.join(entry.scopes)}, expires {_when(entry.expires)}). "
+        "It is shown once, below: store it now.",
+        err=True,
+    )
+    click.echo(key)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def list_keys(as_json: bool) -> None:
+    """List the keys: name, fingerprint, scopes, expiry and status, never a secret."""
+    now = _now()
+    rows = [_public(entry, now) for entry in _read()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"No keys in {key_file(os.environ)}.", err=True)
+        return
+    columns = ["name", "fingerprint", "scopes", "expires", "status", "allowed_ips"]
+    table = [[c.upper().replace("_", " ") for c in columns]]
+    table += [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
+
+
+@keys.command()
+@click.argument("name")
+def show(name: str) -> None:
+    """Show everything the registry knows about key NAME (never the key)."""
+    entries = _read()
+    with _errors():
+        entry = entries[registry.find(entries, name)]
+    for field, value in _public(entry, _now()).items():
+        click.echo(f"{field + ':':13} {_cell(value)}")
+
+
+@keys.command()
+@click.argument("name")
+def revoke(name: str) -> None:
+    """Revoke key NAME at once; servers refuse it within a second."""
+    with _editing() as entries:
+        entry = registry.revoke(entries, name, now=_now())
+    _audit("revoke", entry)
+    click.echo(f"Revoked key {name!r} (fingerprint {entry.fingerprint}).", err=True)
+
+
+@keys.command()
+@click.argument("name")
+@click.option(
+    "--grace",
+    type=DURATION,
+    default="7d",
+    show_default=True,
+    help="How long the old key keeps working, e.g. 7d or 12h; 0 revokes it at once.",
+)
+def rotate(name: str, grace) -> None:
+    """Give NAME a new key (printed once) with the same rights; the old one expires after GRACE."""
+    with _editing() as entries:
+        key, entry, old = registry.rotate(entries, name, grace=grace, now=_now())
+    _audit("rotate", entry)
+    ends = "now (revoked)" if old.revoked else _when(old.expires)
+    click.echo(
+        f"Rotated key {name!r}: new fingerprint {entry.fingerprint}; the old key "
+        f"({old.fingerprint}, now listed as {old.name!r}) stops working {ends}. "
+        "The new key is shown once, below: store it now.",
+        err=True,
+    )
+    click.echo(key)
+
+
+@keys.command()
+@click.argument("key", required=False)
+def check(key: str | None) -> None:
+    """Tell whether KEY is a well-formed key of this project and which key it is.
+
+    Reads the key from standard input when KEY is left out or is '-', so that it
+    stays out of your shell history. Exits 0 only for a key that works now.
+    """
+    if key in (None, "-"):
+        key = sys.stdin.readline()
+    key = key.strip()
+    if not is_well_formed(key):
+        click.echo(f"Not a well-formed key of this project (fingerprint {fingerprint(key)}).")
+        sys.exit(1)
+    digest = hash_key(key)
+    now = _now()
+    for entry in _read():
+        if entry.hash.removeprefix(registry.HASH_SCHEME) == digest:
+            click.echo(f"Well-formed; registry key {entry.name!r}, {entry.status(now)}.")
+            sys.exit(0 if entry.status(now) in ("active", "rotated") else 1)
+    try:
+        static = {digest for digest, _ in parse_api_keys(os.environ.get("API_KEYS", ""))}
+    except ValueError:
+        static = set()
+    if digest in static:
+        click.echo("Well-formed; matches an entry of API_KEYS.")
+        sys.exit(0)
+    click.echo(f"Well-formed, but no configured key matches (fingerprint {fingerprint(key)}).")
+    sys.exit(1)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="seconds") if moment else "never"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(value) or "-"
+    return "-" if value is None else str(value)
+
+
+def _public(entry: registry.Entry, now: datetime) -> dict[str, object]:
+    return {
+        "name": entry.name,
+        "fingerprint": entry.fingerprint,
+        "scopes": list(entry.scopes),
+        "created": _when(entry.created),
+        "expires": _when(entry.expires) if entry.expires else None,
+        "status": entry.status(now),
+        "allowed_ips": list(entry.allowed_ips),
+        "rate_limit": entry.rate_limit,
+    }
+
+
+def _audit(action: str, entry: registry.Entry) -> None:
+    audit.info(
+        "keys %s: name=%s fingerprint=%s by=%s",
+        action,
+        entry.name,
+        entry.fingerprint,
+        _who(),
+        extra={"action": action, "key_name": entry.name, "fingerprint": entry.fingerprint},
+    )
+
+
+def _who() -> str:
+    """The person running the command, for the audit line."""
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return f"uid {os.getuid()}"
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn a registry problem into one clear line and exit status 1."""
+    try:
+        yield
+    except registry.RegistryError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _read() -> tuple[registry.Entry, ...]:
+    with _errors():
+        return registry.read_entries(key_file(os.environ))
+
+
+@contextmanager
+def _editing() -> Iterator[list[registry.Entry]]:
+    path: Path = key_file(os.environ)
+    with _errors(), registry.editing(path) as entries:
+        yield entries
