@@ -18,7 +18,8 @@ ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 
 # Paths that exist only for an option; removed when the option is off.
 OPTIONAL_PATHS = {
-    "use_docker": ["Dockerfile", ".dockerignore"],
+    "use_docker": ["Dockerfile", ".dockerignore", "compose.yaml"],
+    "use_rate_limiting": ["src/{package}/ratelimit.py", "tests/test_ratelimit.py"],
     "use_docs_page": [
         "src/{package}/docs.py",
         "src/{package}/templates",
@@ -33,6 +34,7 @@ def remove_unused(answers, root):
     """Delete the files of every option that was turned off."""
     enabled = {
         "use_docker": answers["use_docker"],
+        "use_rate_limiting": answers["use_rate_limiting"],
         "use_docs_page": answers["use_docs_page"],
         "ci": answers["ci"] != "none",
     }

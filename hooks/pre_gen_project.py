@@ -32,7 +32,9 @@ DEPENDENCY_NAMES = {
     "flask_swagger_ui",
     "gunicorn",
     "jinja2",
+    "limits",
     "pythonjsonlogger",
+    "redis",
     "tomli_w",
     "werkzeug",
 }

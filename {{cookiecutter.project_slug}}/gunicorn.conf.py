@@ -29,3 +29,18 @@ errorlog = "-"
 
 # No control socket: several servers on one host would fight over the default one.
 control_socket_disable = True
+{%- if cookiecutter.use_rate_limiting %}
+
+
+def when_ready(server):
+    """Warn when rate limits would be counted by each worker on its own."""
+    storage = os.environ.get("RATELIMIT_STORAGE_URI", "").strip() or "memory://"
+    if server.cfg.workers > 1 and storage.startswith("memory"):
+        server.log.warning(
+            "RATELIMIT_STORAGE_URI is %s with %d workers: each worker counts separately, "
+            "so a key gets up to %d times its limit; use redis:// to share the counts",
+            storage,
+            server.cfg.workers,
+            server.cfg.workers,
+        )
+{%- endif %}

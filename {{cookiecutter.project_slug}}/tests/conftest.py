@@ -77,7 +77,13 @@ def make_app(key, logs):
     """Build an app from environment variables: testing, with ``key``, unless overridden."""
 
     def make(**environ):
+{%- if cookiecutter.use_rate_limiting %}
+        # Limits out of the way; tests/test_ratelimit.py sets its own.
+        limits = {"RATELIMIT_DEFAULT": "100000/minute", "AUTH_FAILURE_LIMIT": "100000/minute"}
+        app = create_app({"APP_ENV": "testing", "API_KEYS": key, **limits, **environ})
+{%- else %}
         app = create_app({"APP_ENV": "testing", "API_KEYS": key, **environ})
+{%- endif %}
         # create_app reconfigures logging, so capture after it, with its formatter.
         logs.attach()
         return app

@@ -62,7 +62,11 @@ def test_create_help_says_that_no_scope_means_every_scope(keys_cli):
     assert result.exit_code == 0
     help_text = " ".join(result.stdout.split())
     assert "Without --scope the key gets '*', every scope." in help_text
-    for option in ("--scope", "--expires-in", "--expires", "--allow-ip", "--rate-limit"):
+    options = ["--scope", "--expires-in", "--expires", "--allow-ip"]
+{%- if cookiecutter.use_rate_limiting %}
+    options.append("--rate-limit")
+{%- endif %}
+    for option in options:
         assert option in help_text
 
 
@@ -81,15 +85,19 @@ def test_create_with_scopes_expiry_allowlist_and_limit(keys_cli, registry_path):
         "203.0.113.0/24",
         "--allow-ip",
         "2001:db8::/32",
+{%- if cookiecutter.use_rate_limiting %}
         "--rate-limit",
         "100/minute",
+{%- endif %}
     )
     created_key(result)
     stored = entries_of(registry_path)["partner"]
     assert stored.scopes == ("items:read", "items:write")
     assert before + timedelta(days=90) <= stored.expires <= before + timedelta(days=90, seconds=5)
     assert stored.allowed_ips == ("203.0.113.0/24", "2001:db8::/32")
+{%- if cookiecutter.use_rate_limiting %}
     assert stored.rate_limit == "100/minute"
+{%- endif %}
 
 
 def test_create_with_an_expiry_date(keys_cli, registry_path):
@@ -137,7 +145,9 @@ def test_duplicate_name_is_refused_and_the_file_unchanged(keys_cli, registry_pat
         (["--allow-ip", "10.0.0.300"], 2, "not an IP address or CIDR"),
         (["--allow-ip", "10.0.0.0/33"], 2, "not an IP address or CIDR"),
         (["--allow-ip", "example.com"], 2, "not an IP address or CIDR"),
+{%- if cookiecutter.use_rate_limiting %}
         (["--rate-limit", "lots"], 2, "not a rate limit"),
+{%- endif %}
         (["--scope", "items read"], 1, "not a valid scope"),
     ],
 )
@@ -199,8 +209,10 @@ def three_keys(keys_cli):
                 "2099-01-31",
                 "--allow-ip",
                 "203.0.113.0/24",
+{%- if cookiecutter.use_rate_limiting %}
                 "--rate-limit",
                 "10/second",
+{%- endif %}
             )
         ),
         "old": created_key(keys_cli("create", "old")),
@@ -255,7 +267,9 @@ def test_list_json_is_for_scripts_and_holds_no_secret(keys_cli, registry_path, t
     assert partner["expires"] == "2099-01-31T00:00:00+00:00"
     assert partner["status"] == "active"
     assert partner["allowed_ips"] == ["203.0.113.0/24"]
+{%- if cookiecutter.use_rate_limiting %}
     assert partner["rate_limit"] == "10/second"
+{%- endif %}
     assert datetime.fromisoformat(partner["created"]).tzinfo is not None
     assert rows["web"]["expires"] is None
     assert rows["old"]["status"] == "revoked"
@@ -282,7 +296,9 @@ def test_show_tells_everything_but_the_key(keys_cli, registry_path, three_keys):
     assert fields["expires"] == "2099-01-31T00:00:00+00:00"
     assert fields["status"] == "active"
     assert fields["allowed_ips"] == "203.0.113.0/24"
+{%- if cookiecutter.use_rate_limiting %}
     assert fields["rate_limit"] == "10/second"
+{%- endif %}
     assert_no_secret(result.output, three_keys)
 
 

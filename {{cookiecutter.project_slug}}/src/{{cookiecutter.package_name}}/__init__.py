@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from . import api, {% if cookiecutter.use_docs_page %}docs, {% endif %}errors, logs, security
+from . import api, {% if cookiecutter.use_docs_page %}docs, {% endif %}errors, logs{% if cookiecutter.use_rate_limiting %}, ratelimit{% endif %}, security
 from .config import ConfigError, load_config, load_key_store
 
 __all__ = ["ConfigError", "create_app"]
@@ -35,6 +35,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     app.extensions["api_keys"] = load_key_store(environ, config)
     security.init_app(app)
     errors.init_app(app)
+{%- if cookiecutter.use_rate_limiting %}
+    ratelimit.init_app(app)
+{%- endif %}
     api.init_app(app)
 {%- if cookiecutter.use_docs_page %}
     docs.init_app(app)

@@ -20,6 +20,9 @@ from .errors import (
     MissingAPIKey,
 )
 from .keys import KeyRecord, fingerprint
+{%- if cookiecutter.use_rate_limiting %}
+from .ratelimit import rate_limited
+{%- endif %}
 from .security import client_ip_allowed
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,9 @@ def _guard(view: Callable[..., Any], required: frozenset[str]) -> Callable[..., 
     return guarded
 
 
+{% if cookiecutter.use_rate_limiting -%}
+@rate_limited  # brute-force guesses per client IP, then each key's own limit
+{% endif -%}
 def authenticate(required: frozenset[str]) -> KeyRecord:
     """Return the record of the request's key, or raise the APIError that explains why not."""
     # Only the configured header counts: keys in URLs or bodies end up in logs and caches.

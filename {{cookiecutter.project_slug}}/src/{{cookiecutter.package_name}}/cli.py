@@ -45,7 +45,9 @@ class _Checked(click.ParamType):
 DURATION = _Checked("duration", registry.parse_duration)
 DATE = _Checked("date", registry.parse_date)
 NETWORK = _Checked("cidr", lambda value: registry.check_networks([value])[0])
+{%- if cookiecutter.use_rate_limiting %}
 RATE_LIMIT = _Checked("limit", registry.check_rate_limit)
+{%- endif %}
 
 
 @click.group()
@@ -79,8 +81,16 @@ def keys() -> None:
     metavar="CIDR",
     help="Accept the key only from this network, e.g. 203.0.113.0/24. Repeat for several.",
 )
-@click.option("--rate-limit", type=RATE_LIMIT, help="Limit for this key, e.g. 100/minute.")
+{%- if cookiecutter.use_rate_limiting %}
+@click.option(
+    "--rate-limit",
+    type=RATE_LIMIT,
+    help="Limit for this key, e.g. 100/minute, instead of RATELIMIT_DEFAULT.",
+)
 def create(name, scopes, expires_in, expires, allowed_ips, rate_limit) -> None:
+{%- else %}
+def create(name, scopes, expires_in, expires, allowed_ips) -> None:
+{%- endif %}
     """Create key NAME and print it once on stdout."""
     if expires_in is not None and expires is not None:
         raise click.UsageError("give --expires-in or --expires, not both")
@@ -92,7 +102,9 @@ def create(name, scopes, expires_in, expires, allowed_ips, rate_limit) -> None:
             scopes=scopes,
             expires=now + expires_in if expires_in is not None else expires,
             allowed_ips=allowed_ips,
+{%- if cookiecutter.use_rate_limiting %}
             rate_limit=rate_limit,
+{%- endif %}
             now=now,
         )
     _audit("create", entry)

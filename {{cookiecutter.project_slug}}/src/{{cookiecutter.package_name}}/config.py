@@ -11,6 +11,10 @@ import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+{%- if cookiecutter.use_rate_limiting %}
+
+from limits import parse_many
+{%- endif %}
 
 from .keys import KeyConfigError, parse_api_keys
 from .registry import KeyStore, RegistryError
@@ -20,6 +24,10 @@ ENVIRONMENTS = ("production", "development", "testing")
 LOG_FORMATS = ("json", "text")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+{%- if cookiecutter.use_rate_limiting %}
+# Rate-limit storages the installed clients support (the `limits` library's URIs).
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
+{%- endif %}
 
 
 class ConfigError(RuntimeError):
@@ -48,6 +56,11 @@ def load_config(environ: Mapping[str, str]) -> dict[str, object]:
         "MAX_CONTENT_LENGTH": _integer(environ, "MAX_CONTENT_LENGTH", default=1_048_576, minimum=1),
         "LOG_FORMAT": log_format,
         "LOG_LEVEL": log_level,
+{%- if cookiecutter.use_rate_limiting %}
+        "RATELIMIT_DEFAULT": _limit(environ, "RATELIMIT_DEFAULT", default="60/minute"),
+        "RATELIMIT_STORAGE_URI": _storage_uri(environ, "RATELIMIT_STORAGE_URI"),
+        "AUTH_FAILURE_LIMIT": _limit(environ, "AUTH_FAILURE_LIMIT", default="10/minute"),
+{%- endif %}
     }
 
 
@@ -104,3 +117,22 @@ def _networks(
         except ValueError:
             raise ConfigError(f"{name}: {item!r} is not an IP address or CIDR network") from None
     return tuple(networks)
+{%- if cookiecutter.use_rate_limiting %}
+
+
+def _limit(environ: Mapping[str, str], name: str, *, default: str) -> str:
+    raw = environ.get(name, "").strip() or default
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a limit such as 60/minute, not {raw!r}") from None
+    return raw
+
+
+def _storage_uri(environ: Mapping[str, str], name: str) -> str:
+    raw = environ.get(name, "").strip() or "memory://"
+    if raw.partition("://")[0] not in STORAGE_SCHEMES:
+        # Never echo the URI itself: it may hold a Redis password.
+        raise ConfigError(f"{name} must start with one of {', '.join(STORAGE_SCHEMES)}://")
+    return raw
+{%- endif %}

@@ -29,9 +29,10 @@ class APIError(Exception):
     code = "internal_error"
     message = "The server failed to handle the request."
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message or self.message)
         self.message = message or self.message
+        self.headers = headers or {}
 
 
 class MissingAPIKey(APIError):
@@ -87,7 +88,7 @@ def init_app(app: Flask) -> None:
 
 
 def _api_error(error: APIError):
-    return error_response(error.status, error.code, error.message)
+    return error_response(error.status, error.code, error.message, error.headers)
 
 
 def _http_error(error: HTTPException):

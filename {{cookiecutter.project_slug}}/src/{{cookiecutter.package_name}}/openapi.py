@@ -66,10 +66,29 @@ ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
         "The JSON body does not have the expected fields.",
         ("invalid_body",),
     ),
+{%- if cookiecutter.use_rate_limiting %}
+    429: (
+        "TooManyRequests",
+        "The key's rate limit, or this client's failed-authentication limit, is spent; "
+        "see Retry-After.",
+        ("rate_limited",),
+    ),
+{%- endif %}
     500: ("InternalError", "The server failed; details are in its log.", ("internal_error",)),
+{%- if cookiecutter.use_rate_limiting %}
+    503: (
+        "RateLimitUnavailable",
+        "The rate-limit storage cannot be reached, so protected routes are refused.",
+        ("rate_limit_unavailable",),
+    ),
+{%- endif %}
 }
 
+{% if cookiecutter.use_rate_limiting -%}
+PROTECTED = (401, 403, 429, 500, 503)
+{%- else -%}
 PROTECTED = (401, 403, 500)
+{%- endif %}
 SECURED = [{"ApiKey": []}]
 
 

@@ -1,0 +1,152 @@
+"""Rate limits: each key's own limit, and a cap on failed authentications per client IP.
+
+Built on the `limits` library (the engine under Flask-Limiter: same storages,
+same ``60/minute`` notation) and called from the key check, which already
+knows the key, so a limited route costs a few microseconds more than an open
+one. Counters live in RATELIMIT_STORAGE_URI: ``memory://`` counts per process,
+``redis://`` is shared by every worker and host. They are keyed by the key's
+fingerprint, never by the key itself (credential leak).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from flask import Flask, after_this_request, current_app, request
+from limits import RateLimitItem, parse_many
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter, WindowStats
+
+from .errors import APIError
+from .keys import KeyRecord
+
+log = logging.getLogger(__name__)
+
+# A Redis that does not answer must not hold requests for long.
+REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+
+
+class RateLimited(APIError):
+    status, code = 429, "rate_limited"
+    message = "Too many requests; retry after the number of seconds in Retry-After."
+
+
+class RateLimitUnavailable(APIError):
+    status, code = 503, "rate_limit_unavailable"
+    message = "Rate limiting is unavailable, so the request was not served; retry shortly."
+
+
+@functools.lru_cache(maxsize=256)
+def parse_limits(text: str) -> tuple[RateLimitItem, ...]:
+    """``"100/minute; 1000/day"`` -> limit items; a ValueError for anything else."""
+    return tuple(parse_many(text))
+
+
+class RateLimiter:
+    """Fixed-window counters in the configured storage.
+
+    Fails closed: when the storage cannot be reached, protected routes answer
+    503 rather than run without limits, so knocking over Redis does not lift
+    them (an attacker's shortcut); /health and the public routes still answer.
+    """
+
+    def __init__(self, storage_uri: str, default_limit: str, failure_limit: str) -> None:
+        options = REDIS_OPTIONS if storage_uri.startswith(("redis", "rediss")) else {}
+        self._storage = storage_from_string(storage_uri, wrap_exceptions=True, **options)
+        self._window = FixedWindowRateLimiter(self._storage)
+        self._default = parse_limits(default_limit)
+        self._failures = parse_limits(failure_limit)
+        self._prefix = __name__.partition(".")[0]
+        self._storage_down = False
+
+    def refuse_if_blocked(self, ip: str) -> None:
+        """Refuse a client that already failed to authenticate too often (brute force)."""
+        for item in self._failures:
+            if not self._safely(self._window.test, item, self._prefix, "auth-failures", ip):
+                stats = self._stats(item, "auth-failures", ip)
+                raise RateLimited(headers=_headers(item, stats, refused=True))
+
+    def count_failure(self, ip: str) -> None:
+        for item in self._failures:
+            self._safely(self._window.hit, item, self._prefix, "auth-failures", ip)
+
+    def hit(self, record: KeyRecord) -> None:
+        """Count one request for the key; refuse it once the key's limit is spent."""
+        items = parse_limits(record.rate_limit) if record.rate_limit else self._default
+        for item in items:
+            if not self._safely(self._window.hit, item, self._prefix, "key", record.fingerprint):
+                stats = self._stats(item, "key", record.fingerprint)
+                raise RateLimited(headers=_headers(item, stats, refused=True))
+        # Report the limit closest to running out.
+        stats, item = min(
+            ((self._stats(item, "key", record.fingerprint), item) for item in items),
+            key=lambda pair: pair[0].remaining,
+        )
+        headers = _headers(item, stats, refused=False)
+
+        @after_this_request
+        def add_headers(response):
+            response.headers.update(headers)
+            return response
+
+    def _stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
+        return self._safely(self._window.get_window_stats, item, self._prefix, *identifiers)
+
+    def _safely(self, operation: Callable, *args):
+        try:
+            result = operation(*args)
+        except StorageError as error:
+            if not self._storage_down:
+                log.error("rate-limit storage unavailable, refusing protected requests: %s", error)
+            self._storage_down = True
+            raise RateLimitUnavailable() from None
+        if self._storage_down:
+            log.warning("rate-limit storage is back")
+            self._storage_down = False
+        return result
+
+
+def _headers(item: RateLimitItem, stats: WindowStats, *, refused: bool) -> dict[str, str]:
+    """The rate-limit headers clients know from GitHub and Flask-Limiter."""
+    headers = {
+        "X-RateLimit-Limit": str(item.amount),
+        "X-RateLimit-Remaining": str(stats.remaining),
+        "X-RateLimit-Reset": str(math.ceil(stats.reset_time)),
+    }
+    if refused:
+        headers["Retry-After"] = str(max(1, math.ceil(stats.reset_time - time.time())))
+    return headers
+
+
+def init_app(app: Flask) -> None:
+    """Give the app its limiter, as RATELIMIT_STORAGE_URI and the limits configure it."""
+    app.extensions["rate_limiter"] = RateLimiter(
+        app.config["RATELIMIT_STORAGE_URI"],
+        app.config["RATELIMIT_DEFAULT"],
+        app.config["AUTH_FAILURE_LIMIT"],
+    )
+
+
+def rate_limited(authenticate: Callable[..., KeyRecord]) -> Callable[..., KeyRecord]:
+    """Put the key check behind the limits: failed guesses per IP first, then the key's own."""
+
+    @functools.wraps(authenticate)
+    def limited(*args, **kwargs) -> KeyRecord:
+        limiter: RateLimiter = current_app.extensions["rate_limiter"]
+        ip = request.remote_addr or "-"
+        limiter.refuse_if_blocked(ip)
+        try:
+            record = authenticate(*args, **kwargs)
+        except APIError as error:
+            if error.status == 401:
+                limiter.count_failure(ip)
+            raise
+        limiter.hit(record)
+        return record
+
+    return limited

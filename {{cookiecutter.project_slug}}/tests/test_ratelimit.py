@@ -1,0 +1,158 @@
+"""Rate limits (ratelimit.py): each key's own limit, a cap on failed authentications per
+client IP, the standard headers, and fail-closed behaviour when the storage is down.
+
+These use memory:// storage; the template's own tests run the same against a real Redis
+shared by several gunicorn workers.
+"""
+
+import socket
+
+import pytest
+
+from {{ cookiecutter.package_name }} import ConfigError, create_app, keys
+from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
+
+HTTPS = "https://localhost"
+ATTACKER = {"REMOTE_ADDR": "203.0.113.7"}
+NEIGHBOUR = {"REMOTE_ADDR": "198.51.100.9"}
+
+
+def whoami(client, key, environ_base=None):
+    headers = {API_KEY_HEADER: key} if key else {}
+    return client.get("/v1/whoami", headers=headers, environ_base=environ_base or {})
+
+
+def refused(response, status, code):
+    return response.status_code == status and response.json["error"] == code
+
+
+def test_a_key_gets_its_limit_then_429_with_retry_after(make_app, key):
+    client = make_app(RATELIMIT_DEFAULT="3/hour").test_client()
+    answers = [whoami(client, key) for _ in range(4)]
+    assert [response.status_code for response in answers] == [200, 200, 200, 429]
+    limited = answers[-1]
+    assert limited.json == {"error": "rate_limited", "message": limited.json["message"]}
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_limited_responses_carry_the_rate_limit_headers(make_app, key):
+    client = make_app(RATELIMIT_DEFAULT="5/hour").test_client()
+    answers = [whoami(client, key) for _ in range(3)]
+    assert [r.headers["X-RateLimit-Limit"] for r in answers] == ["5", "5", "5"]
+    assert [r.headers["X-RateLimit-Remaining"] for r in answers] == ["4", "3", "2"]
+    resets = {int(r.headers["X-RateLimit-Reset"]) for r in answers}
+    assert len(resets) == 1
+    assert "Retry-After" not in answers[0].headers
+
+
+def test_each_key_has_its_own_counter(make_app, key, issue_key):
+    app = make_app(RATELIMIT_DEFAULT="2/hour")
+    other = issue_key(app, name="other")
+    client = app.test_client()
+    assert [whoami(client, key).status_code for _ in range(3)] == [200, 200, 429]
+    assert [whoami(client, other).status_code for _ in range(2)] == [200, 200]
+
+
+def test_a_registry_limit_overrides_the_default(make_app, registry_key):
+    limited, _ = registry_key("partner", rate_limit="2/hour")
+    client = make_app(RATELIMIT_DEFAULT="100/hour").test_client()
+    answers = [whoami(client, limited) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert answers[0].headers["X-RateLimit-Limit"] == "2"
+
+
+def test_credential_leak_counters_are_keyed_by_fingerprint_not_key(make_app, key):
+    app = make_app(RATELIMIT_DEFAULT="5/hour")
+    client = app.test_client()
+    whoami(client, key)
+    whoami(client, keys.generate_key(), environ_base=ATTACKER)
+    counters = list(app.extensions["rate_limiter"]._storage.storage)
+    assert any(keys.fingerprint(key) in counter for counter in counters)
+    assert not any(key in counter or key[-20:] in counter for counter in counters)
+
+
+def test_brute_force_is_cut_off_after_the_failure_limit(make_app, key):
+    client = make_app(AUTH_FAILURE_LIMIT="5/hour").test_client()
+    guesses = [whoami(client, keys.generate_key(), ATTACKER) for _ in range(12)]
+    statuses = [response.status_code for response in guesses]
+    assert statuses == [401] * 5 + [429] * 7
+    assert int(guesses[-1].headers["Retry-After"]) >= 1
+    # Once cut off, even a right key from that client waits; other clients do not.
+    assert refused(whoami(client, key, ATTACKER), 429, "rate_limited")
+    assert whoami(client, key, NEIGHBOUR).status_code == 200
+
+
+def test_missing_keys_count_as_failures_too(make_app):
+    client = make_app(AUTH_FAILURE_LIMIT="2/hour").test_client()
+    statuses = [whoami(client, None, ATTACKER).status_code for _ in range(3)]
+    assert statuses == [401, 401, 429]
+
+
+def test_refusals_of_a_valid_key_are_not_counted_as_guesses(make_app, issue_key):
+    app = make_app(AUTH_FAILURE_LIMIT="2/hour")
+    reader = issue_key(app, name="reader", scopes=frozenset({"items:read"}))
+    client = app.test_client()
+    for _ in range(4):
+        response = client.post(
+            "/v1/items", json={"name": "x"}, headers={API_KEY_HEADER: reader}, environ_base=ATTACKER
+        )
+        assert refused(response, 403, "insufficient_scope")
+    assert whoami(client, reader, ATTACKER).status_code == 200
+
+
+def test_public_routes_are_not_limited(make_app, key):
+    client = make_app(RATELIMIT_DEFAULT="1/hour", AUTH_FAILURE_LIMIT="1/hour").test_client()
+    for _ in range(2):
+        whoami(client, keys.generate_key(), ATTACKER)
+    for path in ("/health", "/openapi.json"):
+        answers = [client.get(path, environ_base=ATTACKER) for _ in range(5)]
+        assert [r.status_code for r in answers] == [200] * 5
+        assert "X-RateLimit-Limit" not in answers[0].headers
+
+
+def test_the_documented_defaults(key):
+    config = create_app({"APP_ENV": "testing", "API_KEYS": key}).config
+    assert config["RATELIMIT_DEFAULT"] == "60/minute"
+    assert config["AUTH_FAILURE_LIMIT"] == "10/minute"
+    assert config["RATELIMIT_STORAGE_URI"] == "memory://"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RATELIMIT_DEFAULT", "lots"),
+        ("AUTH_FAILURE_LIMIT", "10 per fortnight"),
+        ("RATELIMIT_STORAGE_URI", "postgres://user:hunter2@db/0"),
+    ],
+)
+def test_bad_limit_settings_stop_the_app(key, name, value):
+    with pytest.raises(ConfigError, match=name) as raised:
+        create_app({"APP_ENV": "testing", "API_KEYS": key, name: value})
+    assert "hunter2" not in str(raised.value)
+
+
+def closed_port():
+    """A loopback port with nothing listening: connections are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_storage_fails_closed_with_503(make_app, key, logs):
+    storage = f"redis://127.0.0.1:{closed_port()}/0"
+    client = make_app(RATELIMIT_STORAGE_URI=storage, RATELIMIT_DEFAULT="5/hour").test_client()
+    answers = [whoami(client, key) for _ in range(3)]
+    for response in answers:
+        assert refused(response, 503, "rate_limit_unavailable")
+        assert "Traceback" not in response.get_data(as_text=True)
+    # Public routes still answer, and the outage is logged once, not per request.
+    assert client.get("/health").status_code == 200
+    errors = [line for line in logs.lines if " ERROR " in line and "rate-limit" in line]
+    assert len(errors) == 1
+
+
+def test_rate_limits_are_documented_in_openapi(client):
+    document = client.get("/openapi.json").json
+    responses = document["paths"]["/v1/secure-data"]["get"]["responses"]
+    assert {"429", "503"} <= set(responses)
