@@ -145,6 +145,7 @@ def test_unreachable_storage_fails_closed_with_503(make_app, key, logs):
     answers = [whoami(client, key) for _ in range(3)]
     for response in answers:
         assert refused(response, 503, "rate_limit_unavailable")
+        assert int(response.headers["Retry-After"]) >= 1
         assert "Traceback" not in response.get_data(as_text=True)
     # Public routes still answer, and the outage is logged once, not per request.
     assert client.get("/health").status_code == 200
@@ -156,3 +157,16 @@ def test_rate_limits_are_documented_in_openapi(client):
     document = client.get("/openapi.json").json
     responses = document["paths"]["/v1/secure-data"]["get"]["responses"]
     assert {"429", "503"} <= set(responses)
+
+
+def test_refused_requests_still_name_their_key_in_the_access_line(make_app, key, logs):
+    client = make_app(RATELIMIT_DEFAULT="1/hour", AUTH_FAILURE_LIMIT="1/hour").test_client()
+    whoami(client, key)
+    assert whoami(client, key).status_code == 429
+    guess = keys.generate_key()
+    whoami(client, guess, ATTACKER)
+    assert whoami(client, guess, ATTACKER).status_code == 429
+    access = [line for line in logs.lines if ".access" in line and " 429 " in line]
+    assert len(access) == 2
+    assert "key=api-keys-1" in access[0]
+    assert f"key={keys.fingerprint(guess)}" in access[1]

@@ -20,9 +20,9 @@ __all__ = ["ConfigError", "create_app"]
 def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     """Build the app from environment variables (or, in tests, from ``environ``).
 
-    Reads top to bottom in the order a request meets things: settings, logging,
-    transport security, keys, error handling, routes. Raises ConfigError, and so
-    refuses to start, when a setting is unsafe (fail closed).
+    Reads top to bottom: settings, logging, the keys, transport security, error
+    answers{% if cookiecutter.use_rate_limiting %}, rate limits{% endif %}, routes. Raises ConfigError, and so refuses to
+    start, when a setting is unsafe or no key is configured (fail closed).
     """
     environ = os.environ if environ is None else environ
     config = load_config(environ)

@@ -65,14 +65,13 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
     presented = request.headers.get(API_KEY_HEADER, "").strip()
     if not presented:
         _refuse(MissingAPIKey(), presented)
-    g.presented_fingerprint = fingerprint(presented)
     record = current_app.extensions["api_keys"].lookup(presented)
     if record is None:
         _refuse(InvalidAPIKey(), presented)
     if record.revoked:
         _refuse(InvalidAPIKey(), presented, reason="revoked")
     if record.expires is not None:
-        _announce_expiry(record, presented)
+        _announce_expiry(record)
     if record.is_expired(datetime.now(UTC)):
         _refuse(ExpiredAPIKey(), presented)
     # A stolen key is useless outside its allowlists (credential theft).
@@ -88,7 +87,7 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
     return record
 
 
-def _announce_expiry(record: KeyRecord, presented: str) -> None:
+def _announce_expiry(record: KeyRecord) -> None:
     """Tell the client when its key ends, and the operator once when that is near."""
     expires = record.expires.isoformat()  # type: ignore[union-attr]
 
@@ -112,11 +111,12 @@ def _announce_expiry(record: KeyRecord, presented: str) -> None:
 def _refuse(error: APIError, presented: str, reason: str | None = None) -> NoReturn:
     # Log who tried and why, by fingerprint: the raw key never reaches a log (credential leak).
     reason = reason or error.code
+    g.presented_fingerprint = fingerprint(presented) if presented else "-"
     log.warning(
         "authentication failed: %s from %s, key fingerprint %s",
         reason,
         request.remote_addr,
-        fingerprint(presented) if presented else "-",
+        g.presented_fingerprint,
         extra={"reason": reason, "client_ip": request.remote_addr},
     )
     raise error

@@ -16,19 +16,22 @@ import math
 import time
 from collections.abc import Callable
 
-from flask import Flask, after_this_request, current_app, request
+from flask import Flask, after_this_request, current_app, g, request
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter, WindowStats
 
+from .config import API_KEY_HEADER
 from .errors import APIError
-from .keys import KeyRecord
+from .keys import KeyRecord, fingerprint
 
 log = logging.getLogger(__name__)
 
 # A Redis that does not answer must not hold requests for long.
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+# How long a client is told to wait while the storage is unreachable.
+STORAGE_RETRY_AFTER = "5"
 
 
 class RateLimited(APIError):
@@ -104,7 +107,7 @@ class RateLimiter:
             if not self._storage_down:
                 log.error("rate-limit storage unavailable, refusing protected requests: %s", error)
             self._storage_down = True
-            raise RateLimitUnavailable() from None
+            raise RateLimitUnavailable(headers={"Retry-After": STORAGE_RETRY_AFTER}) from None
         if self._storage_down:
             log.warning("rate-limit storage is back")
             self._storage_down = False
@@ -139,13 +142,20 @@ def rate_limited(authenticate: Callable[..., KeyRecord]) -> Callable[..., KeyRec
     def limited(*args, **kwargs) -> KeyRecord:
         limiter: RateLimiter = current_app.extensions["rate_limiter"]
         ip = request.remote_addr or "-"
-        limiter.refuse_if_blocked(ip)
+        try:
+            limiter.refuse_if_blocked(ip)
+        except APIError:
+            # Refused before the key check: the access line still names what was sent.
+            presented = request.headers.get(API_KEY_HEADER, "").strip()
+            g.presented_fingerprint = fingerprint(presented) if presented else "-"
+            raise
         try:
             record = authenticate(*args, **kwargs)
         except APIError as error:
             if error.status == 401:
                 limiter.count_failure(ip)
             raise
+        g.api_key = record  # logged with the request even when its limit refuses it
         limiter.hit(record)
         return record
 

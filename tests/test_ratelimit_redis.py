@@ -1,0 +1,471 @@
+"""Rate limits against a real Redis: one count for every worker, fail closed, no raw key.
+
+The default project runs under gunicorn as documented (production, from the
+project root) with RATELIMIT_STORAGE_URI pointing at a redis-server that each
+test starts on a free loopback port, persisting nothing. Requests go over real
+sockets, each on a fresh connection; ``X-Forwarded-Proto: https`` with
+TRUSTED_PROXIES=1 plays the TLS-terminating proxy, and ``X-Forwarded-For``
+picks the client IP the app sees.
+
+Which sync worker accepts a connection is up to the kernel. To be sure that
+both workers answer, a test *holds* one: it opens a connection and sends
+nothing yet, so the worker that accepted it waits on it while the other one
+takes every new connection; the held request is sent afterwards, and answered
+by the held worker.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import redis
+import requests
+
+from bakery import (
+    Baked,
+    Server,
+    free_port,
+    gunicorn_command,
+    gunicorn_env,
+    load_keys_module,
+    wait_until_healthy,
+)
+
+pytestmark = pytest.mark.slow
+
+PROTECTED = "/v1/secure-data"
+ATTACKER = "203.0.113.7"
+OTHER_CLIENT = "198.51.100.9"
+# Per hour, not per minute: a test never straddles the end of a window.
+KEY_LIMIT = "10/hour"
+NO_FAILURE_LIMIT = "100000/hour"
+WORKERS_WARNING = "each worker counts separately"
+REDIS_START_TIMEOUT = 10
+
+
+# Redis
+
+
+class RedisServer:
+    """A throw-away redis-server on a loopback port: nothing saved, every command logged.
+
+    The slow log with a threshold of 0 µs keeps every command with its
+    arguments, so a test can read back every key name the app ever used,
+    even one that expired or was deleted since.
+    """
+
+    def __init__(self, binary: str, port: int, workdir: Path) -> None:
+        self.binary, self.port, self.workdir = binary, port, workdir
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        command = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--dir", str(self.workdir),
+            "--slowlog-log-slower-than", "0",
+            "--slowlog-max-len", "100000",
+        ]  # fmt: skip
+        self.starts += 1
+        log = self.workdir / f"redis-{self.starts}.log"
+        with log.open("wb") as handle:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"redis-server exited with {self.process.returncode}:\n{log.read_text()}"
+                )
+            try:
+                if self.client.ping():
+                    return
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"redis-server did not answer PING within {REDIS_START_TIMEOUT}s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.client.close()
+
+    def contents(self) -> dict[bytes, bytes]:
+        """Every key now in Redis (SCAN) with its value, whatever its type."""
+        readers = {
+            b"string": self.client.get,
+            b"hash": lambda name: repr(self.client.hgetall(name)).encode(),
+            b"list": lambda name: repr(self.client.lrange(name, 0, -1)).encode(),
+            b"set": lambda name: repr(self.client.smembers(name)).encode(),
+            b"zset": lambda name: repr(self.client.zrange(name, 0, -1, withscores=True)).encode(),
+        }
+        found = {}
+        for name in self.client.scan_iter(count=1000):
+            read = readers.get(self.client.type(name), self.client.dump)
+            found[name] = read(name) or b""
+        return found
+
+    def commands(self) -> list[bytes]:
+        """Every command Redis ran since it started, arguments included (its slow log)."""
+        entries = self.client.slowlog_get(-1)
+        assert len(entries) < 100000, "the slow log is full: commands were dropped"
+        return [entry["command"] for entry in entries]
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of this test's own, stopped at teardown.
+
+    Without the binary the test skips, loudly, on a developer's machine; in CI
+    (where .ci/run installs it) that is a failure, never a skip.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = (
+            "NO REDIS TEST: redis-server is not installed, so the rate limits shared "
+            "through Redis were NOT tested; install the redis-server package "
+            "(.ci/run does, with apt-get)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = RedisServer(binary, free_port(), tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+# The API under gunicorn
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+    text: str
+
+    def json(self) -> dict:
+        return json.loads(self.text)
+
+
+@dataclass
+class Api:
+    server: Server
+    port: int
+    header: str
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def headers(self, key: str | None, client_ip: str | None) -> dict[str, str]:
+        headers = {"X-Forwarded-Proto": "https"}
+        if key is not None:
+            headers[self.header] = key
+        if client_ip is not None:
+            headers["X-Forwarded-For"] = client_ip
+        return headers
+
+    def get(self, path: str, key: str | None = None, client_ip: str | None = None) -> Answer:
+        """GET on a connection of its own (requests.get opens and closes one)."""
+        response = requests.get(self.base + path, headers=self.headers(key, client_ip), timeout=10)
+        return Answer(response.status_code, response.headers, response.text)
+
+    def hold(self) -> Held:
+        """Keep one worker waiting on a connection that has sent nothing yet."""
+        return Held(self, http.client.HTTPConnection("127.0.0.1", self.port, timeout=10))
+
+
+@dataclass
+class Held:
+    api: Api
+    connection: http.client.HTTPConnection
+
+    def __post_init__(self) -> None:
+        self.connection.connect()
+
+    def get(self, path: str, key: str | None = None, client_ip: str | None = None) -> Answer:
+        """Send the request at last: the worker that was held answers it."""
+        try:
+            self.connection.request("GET", path, headers=self.api.headers(key, client_ip))
+            response = self.connection.getresponse()
+            return Answer(response.status, response.headers, response.read().decode())
+        finally:
+            self.connection.close()
+
+
+@pytest.fixture
+def serve(default_project: Baked, start, tmp_path):
+    """``serve(**settings)`` -> Api: the default project under gunicorn, until teardown."""
+
+    def _serve(**settings: str) -> Api:
+        port = free_port()
+        workers = settings.pop("WEB_CONCURRENCY")  # every test says how many it needs
+        settings = {"TRUSTED_PROXIES": "1", **settings}
+        env = gunicorn_env(default_project, port, tmp_path, **settings)
+        env = {name: value for name, value in env.items() if value is not None}
+        env["WEB_CONCURRENCY"] = workers
+        server = start(gunicorn_command(default_project), default_project.root, env)
+        api = Api(server, port, str(default_project.context["api_key_header"]))
+        wait_until_healthy(server, api.base)
+        return api
+
+    return _serve
+
+
+@pytest.fixture
+def keys(default_project) -> ModuleType:
+    """The default project's keys.py: generate_key, hashed_entry, fingerprint."""
+    return load_keys_module(default_project.root)
+
+
+def random_part(keys: ModuleType, key: str) -> str:
+    start = len(keys.KEY_PREFIX) + 1
+    return key[start : start + keys.RANDOM_LENGTH]
+
+
+def assert_no_raw_key(redis_server: RedisServer, keys: ModuleType, sent: list[str]) -> None:
+    """No key sent, nor its random part, is a Redis key, a value, or a command argument."""
+    contents = redis_server.contents()
+    commands = redis_server.commands()
+    assert contents, "nothing was counted in Redis"
+    for key in sent:
+        for secret in (key.encode(), random_part(keys, key).encode()):
+            for name, value in contents.items():
+                assert secret not in name, f"a raw key is a Redis key: {name!r}"
+                assert secret not in value, f"a raw key is stored in Redis under {name!r}"
+            for command in commands:
+                assert secret not in command, f"a raw key was sent to Redis: {command!r}"
+
+
+def counters_of(contents: Mapping[bytes, bytes], kind: str, identifier: str) -> dict[str, int]:
+    """The limiter's counters for one key fingerprint or one client IP."""
+    marker = f"/{kind}/{identifier}/".encode()
+    return {name.decode(): int(value) for name, value in contents.items() if marker in name}
+
+
+def log_lines(server: Server, *words: str) -> list[str]:
+    return [line for line in server.output().splitlines() if all(word in line for word in words)]
+
+
+# Tests
+
+
+def test_two_workers_share_one_limit_through_redis(serve, redis_server, keys):
+    """RATELIMIT_DEFAULT=10/hour, two workers: 10 answers in all, then 429 from either worker."""
+    key = keys.generate_key()
+    api = serve(
+        API_KEYS=keys.hashed_entry(key),
+        RATELIMIT_STORAGE_URI=redis_server.url,
+        RATELIMIT_DEFAULT=KEY_LIMIT,
+        AUTH_FAILURE_LIMIT=NO_FAILURE_LIMIT,
+        WEB_CONCURRENCY="2",
+    )
+
+    # Nine requests to one worker while the other is held, then the held one's:
+    # it can only answer 200 with Remaining 0 if it counted the other's nine.
+    held = api.hold()
+    answers = [api.get(PROTECTED, key) for _ in range(9)]
+    answers.append(held.get(PROTECTED, key))
+    # Then six over the limit, again five to one worker and the last to the other.
+    held = api.hold()
+    answers += [api.get(PROTECTED, key) for _ in range(5)]
+    answers.append(held.get(PROTECTED, key))
+
+    assert [answer.status for answer in answers] == [200] * 10 + [429] * 6, [
+        (answer.status, answer.headers.get("X-RateLimit-Remaining")) for answer in answers
+    ]
+    for sent, answer in enumerate(answers[:10], start=1):
+        assert answer.headers["X-RateLimit-Limit"] == "10"
+        assert answer.headers["X-RateLimit-Remaining"] == str(10 - sent), (sent, answer.headers)
+        assert int(answer.headers["X-RateLimit-Reset"]) > time.time()
+    for answer in answers[10:]:
+        assert answer.json()["error"] == "rate_limited", answer.text
+        assert answer.json()["message"]
+        assert 1 <= int(answer.headers["Retry-After"]) <= 3600, answer.headers
+        assert answer.headers["X-RateLimit-Limit"] == "10"
+        assert answer.headers["X-RateLimit-Remaining"] == "0"
+
+    # One counter in Redis, named by the key's fingerprint; no raw key anywhere.
+    counters = counters_of(redis_server.contents(), "key", keys.fingerprint(key))
+    assert len(counters) == 1 and min(counters.values()) >= 10, counters
+    assert_no_raw_key(redis_server, keys, [key])
+    assert api.server.stop() == 0, api.server.output()
+    assert not log_lines(api.server, WORKERS_WARNING), api.server.output()
+
+
+def test_memory_storage_counts_per_worker(serve, keys):
+    """The control for the test above: with memory://, the held worker has not seen the others."""
+    key = keys.generate_key()
+    api = serve(
+        API_KEYS=keys.hashed_entry(key),
+        RATELIMIT_STORAGE_URI="memory://",
+        RATELIMIT_DEFAULT=KEY_LIMIT,
+        WEB_CONCURRENCY="2",
+    )
+    held = api.hold()
+    remaining = [api.get(PROTECTED, key).headers["X-RateLimit-Remaining"] for _ in range(3)]
+    assert remaining == ["9", "8", "7"]
+    assert held.get(PROTECTED, key).headers["X-RateLimit-Remaining"] == "9"
+
+
+def test_failed_authentications_stop_a_brute_force_loop(serve, redis_server, keys):
+    """AUTH_FAILURE_LIMIT=5/hour: five guesses get 401, every later request of that IP 429."""
+    valid = keys.generate_key()
+    api = serve(
+        API_KEYS=keys.hashed_entry(valid),
+        RATELIMIT_STORAGE_URI=redis_server.url,
+        RATELIMIT_DEFAULT="1000/hour",
+        AUTH_FAILURE_LIMIT="5/hour",
+        WEB_CONCURRENCY="2",
+    )
+    guesses = [keys.generate_key() for _ in range(30)]
+    assert all(keys.is_well_formed(guess) for guess in guesses)
+
+    answers = [api.get(PROTECTED, guess, client_ip=ATTACKER) for guess in guesses]
+
+    assert [answer.status for answer in answers] == [401] * 5 + [429] * 25
+    assert {answer.json()["error"] for answer in answers[:5]} == {"invalid_api_key"}
+    for answer in answers[5:]:
+        assert answer.json()["error"] == "rate_limited", answer.text
+        assert 1 <= int(answer.headers["Retry-After"]) <= 3600, answer.headers
+    # The attacker's IP is refused even with a valid key; another client is not.
+    blocked = api.get(PROTECTED, valid, client_ip=ATTACKER)
+    assert blocked.status == 429 and blocked.json()["error"] == "rate_limited", blocked.text
+    assert api.get(PROTECTED, valid, client_ip=OTHER_CLIENT).status == 200
+    assert api.get("/health", client_ip=ATTACKER).status == 200
+    assert api.get("/health").status == 200
+
+    # Only five guesses were ever checked (and logged): the loop learned nothing more.
+    assert api.server.stop() == 0, api.server.output()
+    failures = log_lines(api.server, "authentication failed")
+    assert len(failures) == 5, "\n".join(failures)
+    checked = {keys.fingerprint(guess) for guess in guesses[:5]}
+    assert all(any(fp in line for fp in checked) for line in failures), failures
+    contents = redis_server.contents()
+    assert counters_of(contents, "auth-failures", ATTACKER), contents
+    assert not counters_of(contents, "auth-failures", OTHER_CLIENT), contents
+    assert_no_raw_key(redis_server, keys, [valid, *guesses])
+
+
+def test_redis_stopped_mid_run_fails_closed_and_recovers(serve, redis_server, keys):
+    """No Redis: protected routes 503 (one ERROR logged), open routes 200; Redis back: 200."""
+    key = keys.generate_key()
+    # One worker: "one ERROR line" is then exact (each worker notices the outage once).
+    api = serve(
+        API_KEYS=keys.hashed_entry(key),
+        RATELIMIT_STORAGE_URI=redis_server.url,
+        RATELIMIT_DEFAULT=KEY_LIMIT,
+        AUTH_FAILURE_LIMIT=NO_FAILURE_LIMIT,
+        WEB_CONCURRENCY="1",
+    )
+    assert api.get(PROTECTED, key).status == 200
+
+    redis_server.stop()
+    outage = []
+    for presented in [key] * 5 + [keys.generate_key(), None]:
+        began = time.monotonic()
+        outage.append(api.get(PROTECTED, presented))
+        assert time.monotonic() - began < 3, "a request waited on the missing Redis"
+    for answer in outage:
+        assert answer.status == 503, answer.text
+        assert answer.json()["error"] == "rate_limit_unavailable", answer.text
+        assert answer.json()["message"]
+        assert "Traceback" not in answer.text
+    assert api.get("/health").status == 200
+    openapi = api.get("/openapi.json")
+    assert openapi.status == 200 and openapi.json()["openapi"].startswith("3.1"), openapi.text
+    assert api.server.process.poll() is None, api.server.output()
+    errors = log_lines(api.server, "ERROR")
+    assert len(errors) == 1 and "storage" in errors[0], api.server.output()
+
+    redis_server.start()
+    deadline = time.monotonic() + 5
+    while (status := api.get(PROTECTED, key).status) != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status == 200, api.server.output()
+
+    assert api.server.stop() == 0, api.server.output()
+    logged = api.server.output()
+    assert len(log_lines(api.server, "ERROR")) == 1, logged
+    back = log_lines(api.server, "WARNING", "storage is back")
+    assert len(back) == 1, logged
+    assert "Traceback" not in logged
+    assert len(log_lines(api.server, "Booting worker")) == 1, "a worker died:\n" + logged
+
+
+def test_no_raw_key_reaches_redis(serve, redis_server, keys):
+    """Valid keys (plain and hashed in API_KEYS) and guesses: Redis only ever sees fingerprints."""
+    plain = keys.generate_key()
+    hashed = keys.generate_key()
+    api = serve(
+        API_KEYS=f"{plain},{keys.hashed_entry(hashed)}",
+        RATELIMIT_STORAGE_URI=redis_server.url,
+        RATELIMIT_DEFAULT=KEY_LIMIT,
+        AUTH_FAILURE_LIMIT="3/hour",
+        WEB_CONCURRENCY="2",
+    )
+    guesses = [keys.generate_key() for _ in range(5)]
+    for key in (plain, hashed):
+        for path in (PROTECTED, "/v1/whoami"):
+            answer = api.get(path, key)
+            assert answer.status == 200, answer.text
+        assert api.get("/v1/whoami", key).json()["fingerprint"] == keys.fingerprint(key)
+    statuses = [api.get(PROTECTED, guess, client_ip=ATTACKER).status for guess in guesses]
+    assert statuses == [401] * 3 + [429] * 2
+    # Over the limit as well: a refused request must not leak the key either.
+    for _ in range(8):
+        api.get(PROTECTED, plain)
+    assert api.get(PROTECTED, plain).status == 429
+
+    contents = redis_server.contents()
+    for key in (plain, hashed):
+        fingerprint = keys.fingerprint(key)
+        assert len(fingerprint) == 12 and int(fingerprint, 16) >= 0
+        assert counters_of(contents, "key", fingerprint), (fingerprint, contents)
+    for guess in guesses:
+        assert not counters_of(contents, "key", keys.fingerprint(guess)), contents
+    assert_no_raw_key(redis_server, keys, [plain, hashed, *guesses])
+
+
+@pytest.mark.parametrize(
+    ("storage", "workers", "warns"),
+    [(None, "2", True), ("memory://", "2", True), ("memory://", "1", False), ("redis", "2", False)],
+    ids=["default-2-workers", "memory-2-workers", "memory-1-worker", "redis-2-workers"],
+)
+def test_gunicorn_warns_when_workers_count_separately(serve, request, storage, workers, warns):
+    """More than one worker on memory://: one WARNING at start-up, from the master."""
+    if storage == "redis":
+        storage = request.getfixturevalue("redis_server").url
+    api = serve(RATELIMIT_STORAGE_URI=storage, WEB_CONCURRENCY=workers)
+    assert api.server.stop() == 0, api.server.output()
+    warnings = log_lines(api.server, WORKERS_WARNING)
+    if warns:
+        assert len(warnings) == 1, api.server.output()
+        assert "WARNING" in warnings[0] and "redis://" in warnings[0], warnings
+    else:
+        assert not warnings, api.server.output()
