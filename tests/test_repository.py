@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 
 import pytest
@@ -102,3 +103,21 @@ def test_pre_commit_config_is_valid():
         [*tool("pre-commit"), "validate-config", ".pre-commit-config.yaml"], cwd=TEMPLATE_DIR
     )
     assert result.returncode == 0, output(result)
+
+
+def test_readme_security_table_cites_real_tests():
+    """Every test the README's Security section names exists, in the template's suite
+    (``tests/...``) or in the generated project's (``project/tests/...``)."""
+    readme = (TEMPLATE_DIR / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    cited = re.findall(r"`(project/)?(tests/test_\w+\.py)::(test_\w+)`", section)
+    assert len(cited) >= 14, "the Security table cites too few tests"
+    missing = []
+    for generated, path, name in cited:
+        root = TEMPLATE_DIR / "{{cookiecutter.project_slug}}" if generated else TEMPLATE_DIR
+        source = root / path
+        if not source.is_file() or not re.search(
+            rf"^def {name}\(", source.read_text(encoding="utf-8"), re.MULTILINE
+        ):
+            missing.append(f"{generated}{path}::{name}")
+    assert not missing, f"README.md cites tests that do not exist: {missing}"

@@ -72,8 +72,8 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
         _refuse(InvalidAPIKey(), presented, reason="revoked")
     if record.expires is not None:
         _announce_expiry(record)
-    if record.is_expired(datetime.now(UTC)):
-        _refuse(ExpiredAPIKey(), presented)
+        if record.is_expired(datetime.now(UTC)):
+            _refuse(ExpiredAPIKey(), presented)
     # A stolen key is useless outside its allowlists (credential theft).
     allowed = client_ip_allowed(current_app.config["API_ALLOWED_IPS"]) and client_ip_allowed(
         record.allowed_ips
@@ -81,7 +81,7 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
     if not allowed:
         _refuse(IPNotAllowed(), presented)
     # Least privilege: a key does only what its scopes say (privilege escalation).
-    missing = sorted(scope for scope in required if not record.has_scope(scope))
+    missing = required and sorted(scope for scope in required if not record.has_scope(scope))
     if missing:
         _refuse(InsufficientScope(f"The API key lacks the scope {', '.join(missing)}."), presented)
     return record

@@ -103,6 +103,17 @@ def redact_keys(text: str) -> str:
     return _KEY_ANYWHERE.sub(lambda match: f"[key {fingerprint(match.group())}]", text)
 
 
+def find_keys(text: str) -> Iterator[str]:
+    """Yield each real key of this project in ``text``: the right shape and a valid checksum.
+
+    For secret scanning (scripts/check_no_keys.py): the checksum tells a key from
+    a look-alike, such as an example in the docs, without any lookup.
+    """
+    for match in _KEY_ANYWHERE.finditer(text):
+        if is_well_formed(match.group()):
+            yield match.group()
+
+
 @dataclass(frozen=True)
 class KeyRecord:
     """What the server knows about a key: everything but the secret."""
@@ -142,8 +153,13 @@ class KeyRing:
         return len(self._by_hash)
 
     def lookup(self, presented: str) -> KeyRecord | None:
-        """Return the record of a presented key, or None for anything not in the ring."""
-        if not is_well_formed(presented):
+        """Return the record of a presented key, or None for anything not in the ring.
+
+        Only the shape is checked first (a cheap refusal of junk and of other
+        projects' keys): the hash lookup is the real check, so verifying the
+        checksum here too would only add to every request's cost.
+        """
+        if len(presented) != KEY_LENGTH or not _KEY_SHAPE.fullmatch(presented):
             return None
         digest = hash_key(presented)
         entry = self._by_hash.get(digest)

@@ -66,6 +66,21 @@ class TextFormatter(logging.Formatter):
         return "\n".join(escape(line) for line in lines)
 
 
+class RedactKeysFilter(logging.Filter):
+    """Put a fingerprint in place of any key in a record of a logger the app does not
+    write itself: gunicorn quotes a request line or header it cannot parse (credential leak)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_keys(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_REDACT_KEYS = RedactKeysFilter()
+
+
 def configure_logging(log_format: str, level: str) -> None:
     """Send the app's logs to stderr, one line per record, in the chosen format."""
     formatter = (
@@ -109,6 +124,7 @@ def configure_logging(log_format: str, level: str) -> None:
 def init_app(app: Flask) -> None:
     """Configure logging and log every request once, with its request id."""
     configure_logging(app.config["LOG_FORMAT"], app.config["LOG_LEVEL"])
+    logging.getLogger("gunicorn.error").addFilter(_REDACT_KEYS)
     app.before_request(_start_request)
     app.after_request(_finish_request)
 

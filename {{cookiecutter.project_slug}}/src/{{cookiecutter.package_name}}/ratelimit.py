@@ -20,7 +20,6 @@ from flask import Flask, after_this_request, current_app, g, request
 from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.storage import storage_from_string
-from limits.strategies import FixedWindowRateLimiter, WindowStats
 
 from .config import API_KEY_HEADER
 from .errors import APIError
@@ -53,6 +52,10 @@ def parse_limits(text: str) -> tuple[RateLimitItem, ...]:
 class RateLimiter:
     """Fixed-window counters in the configured storage.
 
+    A window starts with a counter's first hit and ends when the storage expires
+    it: one increment per request, read back as the count (the fixed window of
+    the `limits` library, done with one storage call fewer per request).
+
     Fails closed: when the storage cannot be reached, protected routes answer
     503 rather than run without limits, so knocking over Redis does not lift
     them (an attacker's shortcut); /health and the public routes still answer.
@@ -61,7 +64,6 @@ class RateLimiter:
     def __init__(self, storage_uri: str, default_limit: str, failure_limit: str) -> None:
         options = REDIS_OPTIONS if storage_uri.startswith(("redis", "rediss")) else {}
         self._storage = storage_from_string(storage_uri, wrap_exceptions=True, **options)
-        self._window = FixedWindowRateLimiter(self._storage)
         self._default = parse_limits(default_limit)
         self._failures = parse_limits(failure_limit)
         self._prefix = __name__.partition(".")[0]
@@ -70,35 +72,48 @@ class RateLimiter:
     def refuse_if_blocked(self, ip: str) -> None:
         """Refuse a client that already failed to authenticate too often (brute force)."""
         for item in self._failures:
-            if not self._safely(self._window.test, item, self._prefix, "auth-failures", ip):
-                stats = self._stats(item, "auth-failures", ip)
-                raise RateLimited(headers=_headers(item, stats, refused=True))
+            counter = item.key_for(self._prefix, "auth-failures", ip)
+            count = self._safely(self._storage.get, counter)
+            if count >= item.amount:
+                raise RateLimited(headers=self._headers(item, counter, count, refused=True))
 
     def count_failure(self, ip: str) -> None:
         for item in self._failures:
-            self._safely(self._window.hit, item, self._prefix, "auth-failures", ip)
+            counter = item.key_for(self._prefix, "auth-failures", ip)
+            self._safely(self._storage.incr, counter, item.get_expiry())
 
     def hit(self, record: KeyRecord) -> None:
         """Count one request for the key; refuse it once the key's limit is spent."""
         items = parse_limits(record.rate_limit) if record.rate_limit else self._default
+        tightest = None
         for item in items:
-            if not self._safely(self._window.hit, item, self._prefix, "key", record.fingerprint):
-                stats = self._stats(item, "key", record.fingerprint)
-                raise RateLimited(headers=_headers(item, stats, refused=True))
-        # Report the limit closest to running out.
-        stats, item = min(
-            ((self._stats(item, "key", record.fingerprint), item) for item in items),
-            key=lambda pair: pair[0].remaining,
-        )
-        headers = _headers(item, stats, refused=False)
+            counter = item.key_for(self._prefix, "key", record.fingerprint)
+            count = self._safely(self._storage.incr, counter, item.get_expiry())
+            if count > item.amount:
+                raise RateLimited(headers=self._headers(item, counter, count, refused=True))
+            # Report the limit closest to running out.
+            if tightest is None or item.amount - count < tightest[0].amount - tightest[2]:
+                tightest = (item, counter, count)
+        headers = self._headers(*tightest, refused=False)  # type: ignore[misc]
 
         @after_this_request
         def add_headers(response):
             response.headers.update(headers)
             return response
 
-    def _stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
-        return self._safely(self._window.get_window_stats, item, self._prefix, *identifiers)
+    def _headers(
+        self, item: RateLimitItem, counter: str, count: int, *, refused: bool
+    ) -> dict[str, str]:
+        """The rate-limit headers clients know from GitHub and Flask-Limiter."""
+        reset = self._safely(self._storage.get_expiry, counter)
+        headers = {
+            "X-RateLimit-Limit": str(item.amount),
+            "X-RateLimit-Remaining": str(max(0, item.amount - count)),
+            "X-RateLimit-Reset": str(math.ceil(reset)),
+        }
+        if refused:
+            headers["Retry-After"] = str(max(1, math.ceil(reset - time.time())))
+        return headers
 
     def _safely(self, operation: Callable, *args):
         try:
@@ -112,18 +127,6 @@ class RateLimiter:
             log.warning("rate-limit storage is back")
             self._storage_down = False
         return result
-
-
-def _headers(item: RateLimitItem, stats: WindowStats, *, refused: bool) -> dict[str, str]:
-    """The rate-limit headers clients know from GitHub and Flask-Limiter."""
-    headers = {
-        "X-RateLimit-Limit": str(item.amount),
-        "X-RateLimit-Remaining": str(stats.remaining),
-        "X-RateLimit-Reset": str(math.ceil(stats.reset_time)),
-    }
-    if refused:
-        headers["Retry-After"] = str(max(1, math.ceil(stats.reset_time - time.time())))
-    return headers
 
 
 def init_app(app: Flask) -> None:
