@@ -65,7 +65,7 @@ def test_no_template_syntax_left(baked: Baked):
 def test_disabled_options_leave_no_trace(baked: Baked):
     """A turned-off option leaves no file and no mention behind; a turned-on one its files."""
     context = baked.context
-    docker_files = [baked.root / "Dockerfile", baked.root / ".dockerignore"]
+    docker_files = [baked.root / name for name in ("Dockerfile", ".dockerignore", "compose.yaml")]
     if context["use_docker"]:
         assert all(path.is_file() for path in docker_files)
     else:
@@ -85,9 +85,10 @@ def test_disabled_options_leave_no_trace(baked: Baked):
         mentions = [
             str(path.relative_to(baked.root))
             for path, text in text_files(baked.root)
-            if re.search(r"RATELIMIT_|flask[-_]limiter", text, re.IGNORECASE)
+            if re.search(r"RATELIMIT_|flask[-_]limiter|\blimits\b|redis", text, re.IGNORECASE)
         ]
         assert not mentions, f"rate limiting mentioned with use_rate_limiting off: {mentions}"
+        assert not list(baked.root.rglob("*ratelimit*"))
 
 
 @pytest.mark.parametrize(

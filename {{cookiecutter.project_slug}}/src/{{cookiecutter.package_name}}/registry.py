@@ -46,7 +46,7 @@ SCOPE = re.compile(r"\*|[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 HASH = re.compile(r"sha256:[0-9a-f]{64}")
 DURATION = re.compile(r"([0-9]+)([smhdw])")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-# The `limits` library's notation: "100/minute", "10 per second", "5/2 hours; 1000/day".
+# A per-key rate limit, as in "100/minute", "10 per second" or "5/2 hours; 1000/day".
 RATE_LIMIT = re.compile(
     r"\s*[0-9]+\s*(/|per)\s*([0-9]+\s*)?(second|minute|hour|day|month|year)s?\s*"
     r"([;,]\s*[0-9]+\s*(/|per)\s*([0-9]+\s*)?(second|minute|hour|day|month|year)s?\s*)*"
