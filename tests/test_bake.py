@@ -85,7 +85,7 @@ def test_disabled_options_leave_no_trace(baked: Baked):
         mentions = [
             str(path.relative_to(baked.root))
             for path, text in text_files(baked.root)
-            if re.search(r"RATELIMIT_|flask[-_]limiter|\blimits\b|redis", text, re.IGNORECASE)
+            if re.search(r"RATELIMIT_|flask[-_]limiter|from limits|limits\[|\bredis\b", text, re.I)
         ]
         assert not mentions, f"rate limiting mentioned with use_rate_limiting off: {mentions}"
         assert not list(baked.root.rglob("*ratelimit*"))
