@@ -6,11 +6,13 @@ shared by several gunicorn workers.
 """
 
 import socket
+import time
 
 import pytest
 
 from {{ cookiecutter.package_name }} import ConfigError, create_app, keys
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
+from {{ cookiecutter.package_name }}.ratelimit import ProcessCounters
 
 HTTPS = "https://localhost"
 ATTACKER = {"REMOTE_ADDR": "203.0.113.7"}
@@ -67,7 +69,7 @@ def test_credential_leak_counters_are_keyed_by_fingerprint_not_key(make_app, key
     client = app.test_client()
     whoami(client, key)
     whoami(client, keys.generate_key(), environ_base=ATTACKER)
-    counters = list(app.extensions["rate_limiter"]._storage.storage)
+    counters = list(app.extensions["rate_limiter"]._storage._windows)
     assert any(keys.fingerprint(key) in counter for counter in counters)
     assert not any(key in counter or key[-20:] in counter for counter in counters)
 
@@ -170,3 +172,25 @@ def test_refused_requests_still_name_their_key_in_the_access_line(make_app, key,
     assert len(access) == 2
     assert "key=api-keys-1" in access[0]
     assert f"key={keys.fingerprint(guess)}" in access[1]
+
+
+def test_a_window_ends_and_counting_starts_again(make_app, key):
+    client = make_app(RATELIMIT_DEFAULT="2/second").test_client()
+    # Start at the beginning of a window, so that all three fall inside it.
+    first = whoami(client, key)
+    assert [first.status_code, whoami(client, key).status_code] == [200, 200]
+    assert whoami(client, key).status_code == 429
+    time.sleep(max(0.0, int(first.headers["X-RateLimit-Reset"]) - time.time()) + 0.05)
+    assert whoami(client, key).status_code == 200
+
+
+def test_memory_counters_forget_ended_windows():
+    counters = ProcessCounters()
+    assert [counters.incr("a", 0.05), counters.incr("a", 0.05)] == [1, 2]
+    counters.incr("b", 60)
+    time.sleep(0.06)
+    assert counters.get("a") == 0
+    # The next hit after the sweep time drops every ended window: memory stays bounded.
+    counters._next_sweep = 0
+    assert counters.incr("c", 60) == 1
+    assert set(counters._windows) == {"b", "c"}
