@@ -111,12 +111,11 @@ def _announce_expiry(record: KeyRecord) -> None:
 def _refuse(error: APIError, presented: str, reason: str | None = None) -> NoReturn:
     # Log who tried and why, by fingerprint: the raw key never reaches a log (credential leak).
     reason = reason or error.code
-    g.presented_fingerprint = fingerprint(presented) if presented else "-"
     log.warning(
         "authentication failed: %s from %s, key fingerprint %s",
         reason,
         request.remote_addr,
-        g.presented_fingerprint,
+        fingerprint(presented) if presented else "-",
         extra={"reason": reason, "client_ip": request.remote_addr},
     )
     raise error

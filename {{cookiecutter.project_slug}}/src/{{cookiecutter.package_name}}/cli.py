@@ -201,7 +201,7 @@ def check(key: str | None) -> None:
     digest = hash_key(key)
     now = _now()
     for entry in _read():
-        if entry.hash.removeprefix(registry.HASH_SCHEME) == digest:
+        if entry.digest == digest:
             click.echo(f"Well-formed; registry key {entry.name!r}, {entry.status(now)}.")
             sys.exit(0 if entry.status(now) in ("active", "rotated") else 1)
     try:

@@ -67,13 +67,18 @@ def generate_key(prefix: str = KEY_PREFIX) -> str:
     return body + _checksum(body)
 
 
+def _has_key_shape(candidate: str) -> bool:
+    # The length first: a huge header is refused without running the regex over it.
+    return len(candidate) == KEY_LENGTH and _KEY_SHAPE.fullmatch(candidate) is not None
+
+
 def is_well_formed(candidate: str) -> bool:
     """Tell, offline, whether ``candidate`` has this project's prefix, shape and checksum.
 
     Rejects typos, keys of other projects and guesses before any lookup, so
     they cost nothing and never touch the key ring.
     """
-    if len(candidate) != KEY_LENGTH or not _KEY_SHAPE.fullmatch(candidate):
+    if not _has_key_shape(candidate):
         return False
     body, checksum = candidate[:-CHECKSUM_LENGTH], candidate[-CHECKSUM_LENGTH:]
     return _checksum(body) == checksum
@@ -159,7 +164,7 @@ class KeyRing:
         projects' keys): the hash lookup is the real check, so verifying the
         checksum here too would only add to every request's cost.
         """
-        if len(presented) != KEY_LENGTH or not _KEY_SHAPE.fullmatch(presented):
+        if not _has_key_shape(presented):
             return None
         digest = hash_key(presented)
         entry = self._by_hash.get(digest)

@@ -16,7 +16,8 @@ import uuid
 from flask import Flask, g, has_request_context, request
 from werkzeug.wrappers import Response
 
-from .keys import redact_keys
+from .config import API_KEY_HEADER
+from .keys import fingerprint, redact_keys
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's request id is kept only when short and plain (log injection, log flooding).
@@ -140,7 +141,7 @@ def _finish_request(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = request_id
     duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
     api_key = g.get("api_key")
-    who = api_key.name if api_key else g.get("presented_fingerprint", "-")
+    who = api_key.name if api_key else _presented_fingerprint()
     # The path, never the query string, and no key pasted into it (credential leak).
     path = redact_keys(request.path)
     access_log.info(
@@ -161,3 +162,9 @@ def _finish_request(response: Response) -> Response:
         },
     )
     return response
+
+
+def _presented_fingerprint() -> str:
+    """Who sent a request that no key let in: the fingerprint of what it sent, or ``-``."""
+    presented = request.headers.get(API_KEY_HEADER, "").strip()
+    return fingerprint(presented) if presented else "-"

@@ -22,9 +22,8 @@ from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
-from .config import API_KEY_HEADER
 from .errors import APIError
-from .keys import KeyRecord, fingerprint
+from .keys import KeyRecord
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +188,7 @@ def rate_limited(authenticate: Callable[..., KeyRecord]) -> Callable[..., KeyRec
     def limited(*args, **kwargs) -> KeyRecord:
         limiter: RateLimiter = current_app.extensions["rate_limiter"]
         ip = request.remote_addr or "-"
-        try:
-            limiter.refuse_if_blocked(ip)
-        except APIError:
-            # Refused before the key check: the access line still names what was sent.
-            presented = request.headers.get(API_KEY_HEADER, "").strip()
-            g.presented_fingerprint = fingerprint(presented) if presented else "-"
-            raise
+        limiter.refuse_if_blocked(ip)
         try:
             record = authenticate(*args, **kwargs)
         except APIError as error:

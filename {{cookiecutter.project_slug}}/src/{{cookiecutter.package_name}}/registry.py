@@ -77,9 +77,14 @@ class Entry:
     rate_limit: str | None = None
 
     @property
+    def digest(self) -> str:
+        """The key's SHA-256 in hex, as the key ring indexes it."""
+        return self.hash.removeprefix(HASH_SCHEME)
+
+    @property
     def fingerprint(self) -> str:
         """The first 12 hex digits of the key's SHA-256, safe to show and log."""
-        return self.hash.removeprefix(HASH_SCHEME)[:FINGERPRINT_LENGTH]
+        return self.digest[:FINGERPRINT_LENGTH]
 
     def status(self, now: datetime) -> str:
         """``active``, ``rotated`` (still valid during its grace), ``expired`` or ``revoked``."""
@@ -420,7 +425,7 @@ class KeyStore:
         return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
     def _build(self, entries: tuple[Entry, ...]) -> tuple[KeyRing, tuple[Entry, ...]]:
-        from_file = ((entry.hash.removeprefix(HASH_SCHEME), entry.record()) for entry in entries)
+        from_file = ((entry.digest, entry.record()) for entry in entries)
         return KeyRing([*self._static, *from_file]), entries
 
     def _refresh(self) -> None:
