@@ -17,6 +17,7 @@ by the held worker.
 from __future__ import annotations
 
 import http.client
+import importlib
 import json
 import os
 import shutil
@@ -264,7 +265,7 @@ def assert_no_raw_key(redis_server: RedisServer, keys: ModuleType, sent: list[st
 
 def counters_of(contents: Mapping[bytes, bytes], kind: str, identifier: str) -> dict[str, int]:
     """The limiter's counters for one key fingerprint or one client IP."""
-    marker = f"/{kind}/{identifier}/".encode()
+    marker = f":{kind}:{identifier}:".encode()
     return {name.decode(): int(value) for name, value in contents.items() if marker in name}
 
 
@@ -450,6 +451,32 @@ def test_no_raw_key_reaches_redis(serve, redis_server, keys):
     for guess in guesses:
         assert not counters_of(contents, "key", keys.fingerprint(guess)), contents
     assert_no_raw_key(redis_server, keys, [plain, hashed, *guesses])
+
+
+def test_the_redis_script_counts_as_the_memory_counters_do(
+    default_project, redis_server, monkeypatch
+):
+    """The Lua script and ProcessCounters give the same windows for the same calls."""
+    monkeypatch.syspath_prepend(str(default_project.root / "src"))
+    ratelimit = importlib.import_module(f"{default_project.package}.ratelimit")
+    memory, shared = ratelimit.ProcessCounters(), ratelimit.RedisCounters(redis_server.url)
+    calls = [
+        ((), [("guesses", 60)]),  # a new window: count 1
+        ((), [("guesses", 60)]),
+        ([("guesses", 3)], [("key", 60), ("key-daily", 86400)]),  # 2 < 3: counted
+        ((), [("guesses", 60)]),
+        ([("guesses", 3)], [("key", 60)]),  # 3 >= 3: stops there, the key is not counted
+        ([("unknown", 1)], [("key", 60)]),  # a counter never hit reads 0
+        ([("key", 10), ("guesses", 3)], ()),  # checks stop at the first full one only
+    ]
+    for checks, counts in calls:
+        began = time.time()
+        expected, got = memory.hit(checks, counts), shared.hit(checks, counts)
+        assert [count for count, _ in got] == [count for count, _ in expected], (checks, counts)
+        for (_, ends), (_, expected_ends) in zip(got, expected, strict=True):
+            assert abs(ends - expected_ends) < 1.5, (checks, counts, ends, expected_ends)
+            assert ends >= began - 0.01
+    assert shared.hit((), [("key", 60)])[0][0] == 3
 
 
 @pytest.mark.parametrize(

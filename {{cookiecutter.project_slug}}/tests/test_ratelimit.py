@@ -69,7 +69,7 @@ def test_credential_leak_counters_are_keyed_by_fingerprint_not_key(make_app, key
     client = app.test_client()
     whoami(client, key)
     whoami(client, keys.generate_key(), environ_base=ATTACKER)
-    counters = list(app.extensions["rate_limiter"]._storage._windows)
+    counters = list(app.extensions["rate_limiter"]._counters._windows)
     assert any(keys.fingerprint(key) in counter for counter in counters)
     assert not any(key in counter or key[-20:] in counter for counter in counters)
 
@@ -83,6 +83,30 @@ def test_brute_force_is_cut_off_after_the_failure_limit(make_app, key):
     # Once cut off, even a right key from that client waits; other clients do not.
     assert refused(whoami(client, key, ATTACKER), 429, "rate_limited")
     assert whoami(client, key, NEIGHBOUR).status_code == 200
+
+
+def test_a_cut_off_client_learns_nothing_from_a_right_key(make_app, issue_key):
+    """Once cut off, a valid key that would get 403 also gets 429: no oracle for guesses."""
+    app = make_app(AUTH_FAILURE_LIMIT="2/hour")
+    reader = issue_key(app, name="reader", scopes=frozenset({"items:read"}))
+    client = app.test_client()
+    for _ in range(3):
+        whoami(client, keys.generate_key(), ATTACKER)
+    response = client.post(
+        "/v1/items", json={"name": "x"}, headers={API_KEY_HEADER: reader}, environ_base=ATTACKER
+    )
+    assert refused(response, 429, "rate_limited")
+    assert refused(whoami(client, reader, ATTACKER), 429, "rate_limited")
+
+
+def test_several_limits_report_the_one_closest_to_running_out(make_app, registry_key):
+    limited, _ = registry_key("partner", rate_limit="100/hour;2/minute")
+    client = make_app().test_client()
+    answers = [whoami(client, limited) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert [r.headers["X-RateLimit-Limit"] for r in answers] == ["2", "2", "2"]
+    assert [r.headers["X-RateLimit-Remaining"] for r in answers] == ["1", "0", "0"]
+    assert int(answers[-1].headers["Retry-After"]) <= 60
 
 
 def test_missing_keys_count_as_failures_too(make_app):
@@ -186,11 +210,24 @@ def test_a_window_ends_and_counting_starts_again(make_app, key):
 
 def test_memory_counters_forget_ended_windows():
     counters = ProcessCounters()
-    assert [counters.incr("a", 0.05), counters.incr("a", 0.05)] == [1, 2]
-    counters.incr("b", 60)
+    assert [counters.hit((), [("a", 0.05)]), counters.hit((), [("a", 0.05)])] == [
+        [(1, pytest.approx(time.time() + 0.05, abs=0.02))],
+        [(2, pytest.approx(time.time() + 0.05, abs=0.02))],
+    ]
+    counters.hit((), [("b", 60)])
     time.sleep(0.06)
-    assert counters.get("a") == 0
+    assert counters.hit([("a", 1)], ())[0][0] == 0
     # The next hit after the sweep time drops every ended window: memory stays bounded.
     counters._next_sweep = 0
-    assert counters.incr("c", 60) == 1
+    assert counters.hit((), [("c", 60)])[0][0] == 1
     assert set(counters._windows) == {"b", "c"}
+
+
+def test_memory_counters_stop_at_a_full_check_and_count_nothing():
+    counters = ProcessCounters()
+    counters.hit((), [("failures", 60), ("failures", 60)])
+    assert [window[0] for window in counters.hit([("failures", 3)], [("key", 60)])] == [2, 1]
+    counters.hit((), [("failures", 60)])
+    # Full: the check stops there, and the key's counter is not touched.
+    assert [window[0] for window in counters.hit([("failures", 3)], [("key", 60)])] == [3]
+    assert counters.hit([("key", 10)], ())[0][0] == 1

@@ -1,11 +1,15 @@
 """Rate limits: each key's own limit, and a cap on failed authentications per client IP.
 
-Built on the `limits` library (the engine under Flask-Limiter: same storages,
-same ``60/minute`` notation) and called from the key check, which already
-knows the key, so routes without a key pay nothing. Counters live in
-RATELIMIT_STORAGE_URI: ``memory://`` counts in each process (ProcessCounters),
-``redis://`` is shared by every worker and host. They are keyed by the key's
-fingerprint, never by the key itself (credential leak).
+Limits use the `limits` library's notation (``60/minute``, as in Flask-Limiter)
+and its storage URIs. The key check calls :func:`admit` once it knows the key
+and :func:`refuse_if_blocked` when it refuses one, so routes without a key pay
+nothing. Each call is one storage operation, atomic: ``memory://`` counts in
+each process (ProcessCounters), ``redis://`` runs one Lua script per request in
+a Redis shared by every worker and host (RedisCounters). Counters are named by
+the key's fingerprint, never by the key itself (credential leak).
+
+Windows are fixed: a counter's window starts with its first hit and lasts the
+limit's period, as in the `limits` library's fixed-window strategy.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
+from typing import NamedTuple
 
-from flask import Flask, after_this_request, current_app, g, request
-from limits import RateLimitItem, parse_many
-from limits.errors import StorageError
+from flask import Flask, after_this_request
+from limits import parse_many
 from limits.storage import storage_from_string
 
 from .errors import APIError
@@ -43,59 +47,137 @@ class RateLimitUnavailable(APIError):
     message = "Rate limiting is unavailable, so the request was not served; retry shortly."
 
 
+class StorageUnavailable(Exception):
+    """The counters' storage could not be reached."""
+
+
+class Limit(NamedTuple):
+    """At most ``amount`` requests per window of ``seconds``; ``label`` names its counters."""
+
+    amount: int
+    seconds: int
+    label: str
+
+
 @functools.lru_cache(maxsize=256)
-def parse_limits(text: str) -> tuple[RateLimitItem, ...]:
-    """``"100/minute; 1000/day"`` -> limit items; a ValueError for anything else."""
-    return tuple(parse_many(text))
+def parse_limits(text: str) -> tuple[Limit, ...]:
+    """``"100/minute; 1000/day"`` -> limits; a ValueError for anything else."""
+    return tuple(
+        Limit(
+            item.amount, item.get_expiry(), f"{item.amount}/{item.multiples}{item.GRANULARITY.name}"
+        )
+        for item in parse_many(text)
+    )
+
+
+# A counter's name, and the window it is in: (count, end of the window in epoch seconds).
+Window = tuple[int, float]
 
 
 class ProcessCounters:
     """Fixed-window counters in this process's memory, for ``memory://``.
 
-    Used instead of the `limits` library's memory storage, whose expiry thread
-    wakes every 10 ms under load and walks every counter, slowing every request
-    of the process, open routes too (measured in the template's benchmarks).
-    Here a window that has ended is reset when next touched, and ended windows
-    are swept once a minute, so memory stays bounded by the active clients.
+    One lock and a dict: the `limits` library's memory storage runs an expiry
+    thread that wakes every 10 ms under load and walks every counter, slowing
+    every request of the process, open routes too (measured in the template's
+    benchmarks). Here a window that has ended is reset when next touched, and
+    ended windows are swept once a minute, so memory stays bounded by the active
+    clients.
     """
 
     SWEEP_EVERY = 60.0
 
     def __init__(self) -> None:
-        self._windows: dict[str, tuple[int, float]] = {}  # counter -> (count, window end)
+        self._windows: dict[str, Window] = {}
         self._lock = threading.Lock()
         self._next_sweep = time.time() + self.SWEEP_EVERY
 
-    def incr(self, counter: str, expiry: float) -> int:
-        """Count one hit; a new window starts with the first hit after the last one ended."""
+    def hit(
+        self, checks: Sequence[tuple[str, int]], counts: Sequence[tuple[str, int]]
+    ) -> list[Window]:
+        """Read the ``(counter, amount)`` checks, stopping at the first one that is full;
+        if none is, count one hit on each ``(counter, seconds)``. Returns the windows read.
+        """
         now = time.time()
+        windows = []
         with self._lock:
-            count, ends = self._windows.get(counter, (0, 0.0))
-            if ends <= now:
-                count, ends = 0, now + expiry
-            self._windows[counter] = (count + 1, ends)
+            for counter, amount in checks:
+                count, ends = self._windows.get(counter, (0, now))
+                window = (count, ends) if ends > now else (0, now)
+                windows.append(window)
+                if window[0] >= amount:
+                    return windows
+            for counter, seconds in counts:
+                count, ends = self._windows.get(counter, (0, now))
+                window = (count + 1, ends) if ends > now else (1, now + seconds)
+                self._windows[counter] = window
+                windows.append(window)
             if now >= self._next_sweep:
                 self._sweep(now)
-        return count + 1
-
-    def get(self, counter: str) -> int:
-        count, ends = self._windows.get(counter, (0, 0.0))
-        return count if ends > time.time() else 0
-
-    def get_expiry(self, counter: str) -> float:
-        return self._windows.get(counter, (0, time.time()))[1]
+        return windows
 
     def _sweep(self, now: float) -> None:
-        self._windows = {key: value for key, value in self._windows.items() if value[1] > now}
+        self._windows = {name: window for name, window in self._windows.items() if window[1] > now}
         self._next_sweep = now + self.SWEEP_EVERY
 
 
-class RateLimiter:
-    """Fixed-window counters in the configured storage.
+class RedisCounters:
+    """The same counters in Redis, one round trip per call (a Lua script, run atomically).
 
-    A window starts with a counter's first hit and ends when the storage expires
-    it: one increment per request, read back as the count (the fixed window of
-    the `limits` library, done with one storage call fewer per request).
+    Counter names share one hash tag, so a Redis Cluster keeps them in one slot,
+    where a script may touch them all.
+    """
+
+    # KEYS: the checked counters, then the counted ones. ARGV[1]: how many are checked;
+    # then each checked counter's amount, then each counted counter's period in seconds.
+    # Returns count, milliseconds left, for each counter looked at.
+    SCRIPT = """
+local checks = tonumber(ARGV[1])
+local windows = {}
+for i = 1, #KEYS do
+  local count
+  if i <= checks then
+    count = tonumber(redis.call("GET", KEYS[i]) or "0")
+  else
+    count = redis.call("INCR", KEYS[i])
+    if count == 1 then
+      redis.call("EXPIRE", KEYS[i], ARGV[i + 1])
+    end
+  end
+  table.insert(windows, count)
+  table.insert(windows, redis.call("PTTL", KEYS[i]))
+  if i <= checks and count >= tonumber(ARGV[i + 1]) then
+    return windows
+  end
+end
+return windows
+"""
+
+    def __init__(self, uri: str) -> None:
+        storage = storage_from_string(uri, **REDIS_OPTIONS)
+        self._errors = storage.base_exceptions
+        self._script = storage.get_connection().register_script(self.SCRIPT)
+
+    def hit(
+        self, checks: Sequence[tuple[str, int]], counts: Sequence[tuple[str, int]]
+    ) -> list[Window]:
+        """As :meth:`ProcessCounters.hit`."""
+        arguments = [len(checks), *(amount for _, amount in checks)]
+        arguments += [seconds for _, seconds in counts]
+        names = [name for name, _ in checks] + [name for name, _ in counts]
+        try:
+            reply = self._script(keys=names, args=arguments)
+        except self._errors as error:
+            raise StorageUnavailable(f"{type(error).__name__}: {error}") from None
+        now = time.time()
+        return [
+            (int(count), now + max(int(left), 0) / 1000)
+            for count, left in zip(reply[::2], reply[1::2], strict=True)
+        ]
+
+
+class RateLimiter:
+    """Each key's limit and the failed-authentication cap, in the configured storage.
 
     Fails closed: when the storage cannot be reached, protected routes answer
     503 rather than run without limits, so knocking over Redis does not lift
@@ -104,64 +186,64 @@ class RateLimiter:
 
     def __init__(self, storage_uri: str, default_limit: str, failure_limit: str) -> None:
         if storage_uri.startswith("memory"):
-            self._storage = ProcessCounters()
+            self._counters: ProcessCounters | RedisCounters = ProcessCounters()
         else:
-            self._storage = storage_from_string(storage_uri, wrap_exceptions=True, **REDIS_OPTIONS)
+            self._counters = RedisCounters(storage_uri)
         self._default = parse_limits(default_limit)
         self._failures = parse_limits(failure_limit)
-        self._prefix = __name__.partition(".")[0]
+        # One hash tag for every counter (see RedisCounters).
+        namespace = "{" + __name__.partition(".")[0] + "}"
+        self._keys = namespace + ":key:"
+        self._failed = namespace + ":auth-failures:"
         self._storage_down = False
 
-    def refuse_if_blocked(self, ip: str) -> None:
-        """Refuse a client that already failed to authenticate too often (brute force)."""
-        for item in self._failures:
-            counter = item.key_for(self._prefix, "auth-failures", ip)
-            count = self._safely(self._storage.get, counter)
-            if count >= item.amount:
-                raise RateLimited(headers=self._headers(item, counter, count, refused=True))
+    def admit(self, ip: str, record: KeyRecord) -> list[tuple[str, str]]:
+        """Count a request made with a valid key, or refuse it: its client is cut off
+        for guessing, or the key's limit is spent. Returns the rate-limit headers.
+        """
+        limits = parse_limits(record.rate_limit) if record.rate_limit else self._default
+        checks = self._failure_checks(ip)
+        counts = [
+            (f"{self._keys}{record.fingerprint}:{limit.label}", limit.seconds) for limit in limits
+        ]
+        windows = self._hit(checks, counts)
+        if len(windows) <= len(checks):  # the checks stopped at a full one: cut off
+            raise _refusal(self._failures[len(windows) - 1], windows[-1])
+        # The limit closest to running out is the one reported, and refuses once spent.
+        remaining, limit, window = min(
+            (limit.amount - window[0], limit, window)
+            for limit, window in zip(limits, windows[len(checks) :], strict=True)
+        )
+        if remaining < 0:
+            raise _refusal(limit, window)
+        return _headers(limit, window)
 
-    def count_failure(self, ip: str) -> None:
-        for item in self._failures:
-            counter = item.key_for(self._prefix, "auth-failures", ip)
-            self._safely(self._storage.incr, counter, item.get_expiry())
+    def refuse_if_blocked(self, ip: str, *, guess: bool) -> None:
+        """Refuse a client cut off for guessing, counting this request first if it is a
+        ``guess`` (a failed authentication). A refused client gets 429 whatever it sends.
+        """
+        if guess:
+            counts = [
+                (f"{self._failed}{ip}:{limit.label}", limit.seconds) for limit in self._failures
+            ]
+            for limit, window in zip(self._failures, self._hit((), counts), strict=True):
+                if window[0] > limit.amount:
+                    raise _refusal(limit, window)
+        else:
+            windows = self._hit(self._failure_checks(ip), ())
+            limit = self._failures[len(windows) - 1]  # the checks stop at a full one
+            if windows[-1][0] >= limit.amount:
+                raise _refusal(limit, windows[-1])
 
-    def hit(self, record: KeyRecord) -> None:
-        """Count one request for the key; refuse it once the key's limit is spent."""
-        items = parse_limits(record.rate_limit) if record.rate_limit else self._default
-        tightest = None
-        for item in items:
-            counter = item.key_for(self._prefix, "key", record.fingerprint)
-            count = self._safely(self._storage.incr, counter, item.get_expiry())
-            if count > item.amount:
-                raise RateLimited(headers=self._headers(item, counter, count, refused=True))
-            # Report the limit closest to running out.
-            if tightest is None or item.amount - count < tightest[0].amount - tightest[2]:
-                tightest = (item, counter, count)
-        headers = self._headers(*tightest, refused=False)  # type: ignore[misc]
+    def _failure_checks(self, ip: str) -> list[tuple[str, int]]:
+        return [(f"{self._failed}{ip}:{limit.label}", limit.amount) for limit in self._failures]
 
-        @after_this_request
-        def add_headers(response):
-            response.headers.update(headers)
-            return response
-
-    def _headers(
-        self, item: RateLimitItem, counter: str, count: int, *, refused: bool
-    ) -> dict[str, str]:
-        """The rate-limit headers clients know from GitHub and Flask-Limiter."""
-        reset = self._safely(self._storage.get_expiry, counter)
-        headers = {
-            "X-RateLimit-Limit": str(item.amount),
-            "X-RateLimit-Remaining": str(max(0, item.amount - count)),
-            "X-RateLimit-Reset": str(math.ceil(reset)),
-        }
-        if refused:
-            headers["Retry-After"] = str(max(1, math.ceil(reset - time.time())))
-        return headers
-
-    def _safely(self, operation: Callable, *args):
+    def _hit(
+        self, checks: Sequence[tuple[str, int]], counts: Sequence[tuple[str, int]]
+    ) -> list[Window]:
         try:
-            result = operation(*args)
-        except StorageError as error:
+            windows = self._counters.hit(checks, counts)
+        except StorageUnavailable as error:
             if not self._storage_down:
                 log.error("rate-limit storage unavailable, refusing protected requests: %s", error)
             self._storage_down = True
@@ -169,7 +251,22 @@ class RateLimiter:
         if self._storage_down:
             log.warning("rate-limit storage is back")
             self._storage_down = False
-        return result
+        return windows
+
+
+def _headers(limit: Limit, window: Window) -> list[tuple[str, str]]:
+    """The rate-limit headers clients know from GitHub and Flask-Limiter."""
+    return [
+        ("X-RateLimit-Limit", str(limit.amount)),
+        ("X-RateLimit-Remaining", str(max(0, limit.amount - window[0]))),
+        ("X-RateLimit-Reset", str(math.ceil(window[1]))),
+    ]
+
+
+def _refusal(limit: Limit, window: Window) -> RateLimited:
+    headers = dict(_headers(limit, window))
+    headers["Retry-After"] = str(max(1, math.ceil(window[1] - time.time())))
+    return RateLimited(headers=headers)
 
 
 def init_app(app: Flask) -> None:
@@ -181,22 +278,23 @@ def init_app(app: Flask) -> None:
     )
 
 
-def rate_limited(authenticate: Callable[..., KeyRecord]) -> Callable[..., KeyRecord]:
-    """Put the key check behind the limits: failed guesses per IP first, then the key's own."""
+def admit(app: Flask, ip: str | None, record: KeyRecord) -> None:
+    """Count this request against its key's limit, or raise RateLimited (429).
 
-    @functools.wraps(authenticate)
-    def limited(*args, **kwargs) -> KeyRecord:
-        limiter: RateLimiter = current_app.extensions["rate_limiter"]
-        ip = request.remote_addr or "-"
-        limiter.refuse_if_blocked(ip)
-        try:
-            record = authenticate(*args, **kwargs)
-        except APIError as error:
-            if error.status == 401:
-                limiter.count_failure(ip)
-            raise
-        g.api_key = record  # logged with the request even when its limit refuses it
-        limiter.hit(record)
-        return record
+    The rate-limit headers go on whatever the view answers, errors included.
+    """
+    limiter: RateLimiter = app.extensions["rate_limiter"]
+    headers = limiter.admit(ip or "-", record)
 
-    return limited
+    @after_this_request
+    def add_headers(response):
+        # add(), not update(): nothing else sets these, and update() rescans every header.
+        for name, value in headers:
+            response.headers.add(name, value)
+        return response
+
+
+def refuse_if_blocked(app: Flask, ip: str | None, *, guess: bool) -> None:
+    """Raise RateLimited if this client is cut off for failed authentications."""
+    limiter: RateLimiter = app.extensions["rate_limiter"]
+    limiter.refuse_if_blocked(ip or "-", guess=guess)

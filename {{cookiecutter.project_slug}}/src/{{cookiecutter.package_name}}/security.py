@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Iterable
@@ -49,11 +50,14 @@ def init_app(app: Flask) -> None:
         app.before_request(_require_https)
     elif app.config["APP_ENV"] == "production":
         log.warning("REQUIRE_HTTPS is off in production: API keys may cross the network in clear")
-    app.after_request(_security_headers)
+    headers = dict(API_HEADERS)
+    if app.config["APP_ENV"] == "production":
+        headers["Strict-Transport-Security"] = HSTS
+    app.after_request(functools.partial(_security_headers, headers))
 
 
-def client_ip_allowed(networks: Iterable[Network]) -> bool:
-    """True when the client's IP, as TRUSTED_PROXIES reveals it, is in ``networks``.
+def client_ip_allowed(address: str | None, networks: Iterable[Network]) -> bool:
+    """True when ``address``, the client's IP as TRUSTED_PROXIES reveals it, is in ``networks``.
 
     An empty list allows everyone; a client whose address cannot be read is refused.
     """
@@ -61,12 +65,12 @@ def client_ip_allowed(networks: Iterable[Network]) -> bool:
     if not networks:
         return True
     try:
-        address = ipaddress.ip_address(request.remote_addr or "")
+        ip = ipaddress.ip_address(address or "")
     except ValueError:
         return False
     # A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d; compare them as IPv4.
-    address = getattr(address, "ipv4_mapped", None) or address
-    return any(address in network for network in networks)
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return any(ip in network for network in networks)
 
 
 def _require_https() -> None:
@@ -87,13 +91,16 @@ def _require_https() -> None:
     raise HTTPSRequired()
 
 
-def _security_headers(response: Response) -> Response:
+def _security_headers(defaults: dict[str, str], response: Response) -> Response:
+    headers = response.headers
 {%- if cookiecutter.use_docs_page %}
-    if request.endpoint == DOCS_PAGE_ENDPOINT and response.mimetype == "text/html":
-        response.headers["Content-Security-Policy"] = DOCS_PAGE_CSP
+    if response.mimetype == "text/html" and request.endpoint == DOCS_PAGE_ENDPOINT:
+        headers["Content-Security-Policy"] = DOCS_PAGE_CSP
 {%- endif %}
-    for name, value in API_HEADERS.items():
-        response.headers.setdefault(name, value)
-    if current_app.config["APP_ENV"] == "production":
-        response.headers["Strict-Transport-Security"] = HSTS
+    # Each default unless the view set its own, in one pass over the headers (setdefault
+    # would make one per default, on every response).
+    present = {name.lower() for name, _ in headers}
+    for name, value in defaults.items():
+        if name.lower() not in present:
+            headers.add(name, value)
     return response
