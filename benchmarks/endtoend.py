@@ -137,6 +137,45 @@ class Redis:
         _stop(self.process)
 
 
+def round_trips(redis: Redis, count: int = 3000) -> Row:
+    """What one Redis round trip costs this machine: redis-py as the app uses it, a raw socket.
+
+    Wall time and this process's CPU time per PING, on the same loopback server; with
+    a keyed request making one round trip, this is the floor of what Redis adds to it.
+    """
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis.uri)
+    raw = socket.create_connection((LOOPBACK, redis.port))
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def raw_ping() -> None:
+        raw.sendall(b"*1\r\n$4\r\nPING\r\n")
+        if not raw.recv(64).startswith(b"+PONG"):
+            raise RuntimeError("redis-server did not answer PONG")
+
+    timings = {}
+    try:
+        for name, ping in (("redis-py", client.ping), ("raw socket", raw_ping)):
+            for _ in range(100):  # warm-up: connect, fill caches
+                ping()
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(count):
+                ping()
+            timings[name] = (
+                (time.perf_counter() - wall) / count * 1e6,
+                (time.process_time() - cpu) / count * 1e6,
+            )
+    finally:
+        raw.close()
+        client.close()
+    measured = "; ".join(
+        f"{name} {wall:.0f} µs wall, {cpu:.0f} µs client CPU"
+        for name, (wall, cpu) in timings.items()
+    )
+    return Row("e2e", "one Redis round trip (PING) from Python, per call", "-", measured, INFO)
+
+
 def gunicorn(project: Bake, key: str, work: Path, settings: dict[str, str]):
     """Start the project as documented; returns (process, base URL, log path)."""
     port = free_port()
@@ -253,6 +292,7 @@ def end_to_end(limited: Bake, plain: Bake, work: Path, load: Load) -> list[Row]:
                 continue
             redis = Redis(redis_path, work)
             settings["RATELIMIT_STORAGE_URI"] = redis.uri
+            rows.append(round_trips(redis))
         key = project.module("keys").generate_key()
         process = None
         try:

@@ -8,6 +8,7 @@ for reference only; they move from run to run on a shared machine.
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import functools
 import gc
@@ -140,30 +141,35 @@ class Variant:
     name: str
     app: Callable
     environ: dict[str, Any]
+    # Entered around each batch: lets a reference variant swap a function of the project.
+    patched: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def call(self, count: int) -> float:
         """Make ``count`` requests; nanoseconds per request."""
         app, environ = self.app, self.environ
-        start = time.perf_counter_ns()
-        for _ in range(count):
-            body = app(environ.copy(), _start_response)
-            for _chunk in body:
-                pass
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
-        return (time.perf_counter_ns() - start) / count
+        with self.patched():
+            start = time.perf_counter_ns()
+            for _ in range(count):
+                body = app(environ.copy(), _start_response)
+                for _chunk in body:
+                    pass
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+            return (time.perf_counter_ns() - start) / count
 
-    def answer(self) -> tuple[str, bytes]:
-        statuses: list[str] = []
+    def answer(self) -> tuple[str, list[str], bytes]:
+        """One request: its status, the names of its headers, its body."""
+        answers: list[tuple[str, list[str]]] = []
 
         def start_response(status, headers, exc_info=None):
-            statuses.append(status)
+            answers.append((status, [name for name, _ in headers]))
 
-        body = self.app(self.environ.copy(), start_response)
-        data = b"".join(body)
-        getattr(body, "close", lambda: None)()
-        return statuses[0], data
+        with self.patched():
+            body = self.app(self.environ.copy(), start_response)
+            data = b"".join(body)
+            getattr(body, "close", lambda: None)()
+        return answers[0][0], answers[0][1], data
 
 
 def _check(condition: bool, what: str) -> None:
@@ -208,11 +214,33 @@ def ratio_to(times: dict[str, list[float]], name: str, baseline: str) -> float:
 # 1. Authentication overhead
 
 
+def without_rate_limit_headers(ratelimit: Any) -> Callable[[], contextlib.AbstractContextManager]:
+    """The project's ratelimit.admit, counting as usual but sending no X-RateLimit-* headers.
+
+    For a reference row only: it tells what the three headers cost apart from counting.
+    """
+
+    def admit(app, ip, record):
+        app.extensions["rate_limiter"].admit(ip or "-", record)
+
+    @contextlib.contextmanager
+    def patched():
+        original = ratelimit.admit
+        ratelimit.admit = admit
+        try:
+            yield
+        finally:
+            ratelimit.admit = original
+
+    return patched
+
+
 @dataclass
 class Apps:
     key: str
     header: str
     limited: Any
+    ratelimit: Any
     plain: Any
     plain_key: str
     with_flask_limiter: Any
@@ -230,7 +258,16 @@ def build_apps(limited: Bake, plain: Bake, work: Path) -> Apps:
     add_open_route(plain_app)
     other = plain_package.create_app(production_environ(plain_key, work))
     version = add_flask_limiter(other, plain.module("auth").require_api_key)
-    return Apps(key, limited.api_key_header, app, plain_app, plain_key, other, version)
+    return Apps(
+        key,
+        limited.api_key_header,
+        app,
+        limited.module("ratelimit"),
+        plain_app,
+        plain_key,
+        other,
+        version,
+    )
 
 
 def auth_variants(apps: Apps) -> dict[str, Variant]:
@@ -240,6 +277,12 @@ def auth_variants(apps: Apps) -> dict[str, Variant]:
         "open": Variant("open", apps.limited, environ_for("/bench/open", with_key)),
         "health": Variant("health", apps.limited, environ_for("/health", with_key)),
         "secured": Variant("secured", apps.limited, environ_for("/v1/secure-data", with_key)),
+        "secured, no headers": Variant(
+            "secured, no headers",
+            apps.limited,
+            environ_for("/v1/secure-data", with_key),
+            without_rate_limit_headers(apps.ratelimit),
+        ),
         "blog": Variant("blog", apps.limited, environ_for("/bench/blog", with_key)),
         "httpauth": Variant("httpauth", apps.limited, environ_for("/bench/httpauth", with_key)),
         "plain open": Variant("plain open", apps.plain, environ_for("/bench/open", plain_key)),
@@ -264,13 +307,15 @@ def auth_variants(apps: Apps) -> dict[str, Variant]:
 
 def check_answers(variants: dict[str, Variant]) -> None:
     """Every variant must answer 200 with the same body, or the comparison means nothing."""
-    expected = variants["open"].answer()[1]
+    expected = variants["open"].answer()[2]
     for variant in variants.values():
-        status, body = variant.answer()
+        status, headers, body = variant.answer()
         if not status.startswith("200"):
             raise SystemExit(f"benchmark setup: {variant.name} answered {status}: {body[:200]!r}")
         if variant.name != "health" and body != expected:
             raise SystemExit(f"benchmark setup: {variant.name} answered {body!r}, not {expected!r}")
+        limited = variant.name in ("secured", "fl limited open", "fl limited secured")
+        _check(("X-RateLimit-Limit" in headers) == limited, f"{variant.name}'s rate-limit headers")
 
 
 def auth_overhead(apps: Apps, rounds: int, batch: int) -> list[Row]:
@@ -302,6 +347,13 @@ def auth_overhead(apps: Apps, rounds: int, batch: int) -> list[Row]:
             "<= 1.10x",
             compared("secured", "open"),
             verdict(secured <= 1.10),
+        ),
+        Row(
+            section,
+            "default without the 3 X-RateLimit-* headers (reference): secured vs open route",
+            "-",
+            compared("secured, no headers", "open"),
+            INFO,
         ),
         Row(section, "/health vs open route (reference)", "-", compared("health", "open"), INFO),
         Row(
