@@ -65,9 +65,9 @@ class RedisServer:
     even one that expired or was deleted since.
     """
 
-    def __init__(self, binary: str, port: int, workdir: Path) -> None:
-        self.binary, self.port, self.workdir = binary, port, workdir
-        self.url = f"redis://127.0.0.1:{port}/0"
+    def __init__(self, binary: str, port: int, workdir: Path, *, cluster: bool = False) -> None:
+        self.binary, self.port, self.workdir, self.cluster = binary, port, workdir, cluster
+        self.url = f"redis+cluster://127.0.0.1:{port}" if cluster else f"redis://127.0.0.1:{port}/0"
         self.client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
         self.process: subprocess.Popen | None = None
         self.starts = 0
@@ -85,6 +85,8 @@ class RedisServer:
             "--slowlog-log-slower-than", "0",
             "--slowlog-max-len", "100000",
         ]  # fmt: skip
+        if self.cluster:  # one node serving every slot: multi-key calls must share a slot
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         self.starts += 1
         log = self.workdir / f"redis-{self.starts}.log"
         with log.open("wb") as handle:
@@ -99,11 +101,21 @@ class RedisServer:
                 )
             try:
                 if self.client.ping():
+                    if self.cluster:
+                        self._serve_every_slot()
                     return
             except redis.ConnectionError:
                 pass
             time.sleep(0.05)
         pytest.fail(f"redis-server did not answer PING within {REDIS_START_TIMEOUT}s")
+
+    def _serve_every_slot(self) -> None:
+        self.client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while b"cluster_state:ok" not in self.client.execute_command("CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                pytest.fail("the one-node Redis Cluster did not become ready")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -137,12 +149,9 @@ class RedisServer:
         return [entry["command"] for entry in entries]
 
 
-@pytest.fixture
-def redis_server(tmp_path):
-    """A redis-server of this test's own, stopped at teardown.
-
-    Without the binary the test skips, loudly, on a developer's machine; in CI
-    (where .ci/run installs it) that is a failure, never a skip.
+def redis_binary() -> str:
+    """The redis-server binary. Without it a test skips, loudly, on a developer's machine;
+    in CI (where .ci/run installs it) that is a failure, never a skip.
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -154,7 +163,65 @@ def redis_server(tmp_path):
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    server = RedisServer(binary, free_port(), tmp_path / "redis")
+    return binary
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of this test's own, stopped at teardown."""
+    server = RedisServer(redis_binary(), free_port(), tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+class RedisSentinel:
+    """A redis-sentinel watching a RedisServer as the master ``apikeys``."""
+
+    MASTER = "apikeys"
+
+    def __init__(self, master: RedisServer, workdir: Path) -> None:
+        self.master, self.port = master, free_port()
+        self.url = f"redis+sentinel://127.0.0.1:{self.port}/{self.MASTER}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "sentinel.conf"  # sentinel rewrites its config: a file of its own
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"sentinel monitor {self.MASTER} 127.0.0.1 {master.port} 1\n",
+            encoding="utf-8",
+        )
+        log = (workdir / "sentinel.log").open("wb")
+        self.process = subprocess.Popen(
+            [master.binary, str(config), "--sentinel"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while True:
+            try:
+                if client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.MASTER):
+                    break
+            except redis.ConnectionError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                pytest.fail(
+                    f"redis-sentinel did not start:\n{(workdir / 'sentinel.log').read_text()}"
+                )
+            time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_cluster(tmp_path):
+    """A one-node Redis Cluster of this test's own (it refuses cross-slot calls as any does)."""
+    server = RedisServer(redis_binary(), free_port(), tmp_path / "cluster", cluster=True)
     server.start()
     yield server
     server.stop()
@@ -451,6 +518,51 @@ def test_no_raw_key_reaches_redis(serve, redis_server, keys):
     for guess in guesses:
         assert not counters_of(contents, "key", keys.fingerprint(guess)), contents
     assert_no_raw_key(redis_server, keys, [plain, hashed, *guesses])
+
+
+@pytest.mark.parametrize("setup", ["cluster", "sentinel"])
+def test_a_redis_cluster_or_sentinel_holds_the_counters_too(
+    setup, default_project, redis_server, keys, monkeypatch, tmp_path, request
+):
+    """redis+cluster:// and redis+sentinel:// work as one server does. A Cluster refuses a
+    script whose keys span hash slots, so every counter shares one hash tag."""
+    if setup == "cluster":
+        shared: RedisServer = request.getfixturevalue("redis_cluster")
+        url = shared.url
+    else:
+        sentinel = RedisSentinel(redis_server, tmp_path / "sentinel")
+        request.addfinalizer(sentinel.stop)
+        shared, url = redis_server, sentinel.url
+    monkeypatch.syspath_prepend(str(default_project.root / "src"))
+    package = importlib.import_module(default_project.package)
+    key = keys.generate_key()
+    app = package.create_app(
+        {
+            "APP_ENV": "testing",
+            "API_KEYS": key,
+            "API_KEYS_FILE": str(tmp_path / "no-registry.toml"),
+            "RATELIMIT_STORAGE_URI": url,
+            "RATELIMIT_DEFAULT": "2/hour",
+            "AUTH_FAILURE_LIMIT": "1/hour",
+        }
+    )
+    client = app.test_client()
+    header = str(default_project.context["api_key_header"])
+
+    def get(presented: str, client_ip: str = OTHER_CLIENT) -> int:
+        return client.get(
+            PROTECTED,
+            headers={header: presented},
+            base_url="https://localhost",
+            environ_base={"REMOTE_ADDR": client_ip},
+        ).status_code
+
+    assert [get(key) for _ in range(3)] == [200, 200, 429]
+    assert [get(keys.generate_key(), ATTACKER) for _ in range(2)] == [401, 429]
+    assert get(key, ATTACKER) == 429
+    names = list(shared.contents())
+    tag = f"{{{default_project.package}}}:".encode()
+    assert len(names) == 2 and all(name.startswith(tag) for name in names), names
 
 
 def test_the_redis_script_counts_as_the_memory_counters_do(
