@@ -90,6 +90,13 @@ class Attack:
 
 JSON = (("Content-Type", "application/json"),)
 
+
+def chunked(data: bytes, size: int = 65536) -> bytes:
+    """``data`` in HTTP/1.1 chunked transfer coding: no Content-Length announces its size."""
+    pieces = (data[start : start + size] for start in range(0, len(data), size))
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
 ATTACKS = [
     # The key header: absent, empty, blank, huge, foreign, doubled.
     Attack("valid key", 200, None),
@@ -205,6 +212,15 @@ ATTACKS = [
         target="/v1/items",
         headers=JSON,
         body=b'{"name": "' + b"a" * MAX_BODY + b'"}',
+    ),
+    Attack(
+        "oversized JSON body, chunked",
+        413,
+        "request_entity_too_large",
+        method="POST",
+        target="/v1/items",
+        headers=(*JSON, ("Transfer-Encoding", "chunked")),
+        body=chunked(b'{"name": "' + b"a" * MAX_BODY + b'"}'),
     ),
     Attack(
         "Content-Length larger than the limit",
@@ -438,7 +454,8 @@ class Armory:
             lines.append(f"{self.header}: {self.keys[attack.key]}".rstrip(" "))
         for name, value in attack.headers:
             lines.append(f"{names.get(name, name)}: {value.replace('{valid}', valid)}")
-        if attack.body and not any(name == "Content-Length" for name, _ in attack.headers):
+        framed = {"Content-Length", "Transfer-Encoding"}
+        if attack.body and not any(name in framed for name, _ in attack.headers):
             lines.append(f"Content-Length: {len(attack.body)}")
         head = "\r\n".join(lines) + "\r\n\r\n"
         return head.encode("utf-8") + attack.body

@@ -1,5 +1,6 @@
 """Every error is one JSON shape, {"error", "message"}, and leaks nothing (errors.py)."""
 
+import io
 import json
 from datetime import UTC, datetime
 from unittest.mock import ANY
@@ -176,6 +177,26 @@ def test_resource_exhaustion_body_over_the_limit_is_refused(make_app, key):
     assert big.json == {"error": "request_entity_too_large", "message": ANY}
     assert small.status_code == 201
     assert len(app.extensions["items"].all()) == 1
+
+
+def test_resource_exhaustion_streamed_body_over_the_limit_is_refused(make_app, key):
+    """A chunked body has no Content-Length: it is cut at the limit, and still answered 413."""
+    client = make_app(MAX_CONTENT_LENGTH="1024").test_client()
+
+    def post_streamed(body: bytes):
+        return client.post(
+            "/v1/items",
+            input_stream=io.BytesIO(body),
+            content_type="application/json",
+            headers={API_KEY_HEADER: key, "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},  # as gunicorn sets it
+        )
+
+    big = post_streamed(json.dumps({"name": "x" * 2048}).encode())
+    assert big.status_code == 413
+    assert big.json == {"error": "request_entity_too_large", "message": ANY}
+    assert post_streamed(b'{"name": "x"}').status_code == 201
+    assert post_streamed(b'{"name": ').status_code == 400  # malformed, not too large
 
 
 def test_every_error_code_is_snake_case():

@@ -7,8 +7,10 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
-from flask import Flask, current_app, request
+from flask import Flask, Request, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
@@ -40,8 +42,25 @@ DOCS_PAGE_ENDPOINT = "docs.page"
 {%- endif %}
 
 
+class APIRequest(Request):
+    """Flask's request, but a streamed body cut off at MAX_CONTENT_LENGTH is a 413.
+
+    A chunked body has no Content-Length to refuse up front, so Werkzeug stops
+    reading it at the limit and the JSON parser sees a truncated document: that
+    is a body too large (resource exhaustion), not a malformed one.
+    """
+
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        limit = self.max_content_length
+        streamed = e is not None and self.content_length is None and limit is not None
+        if streamed and len(self.get_data(cache=True)) >= limit:  # type: ignore[operator]
+            raise RequestEntityTooLarge()
+        return super().on_json_loading_failed(e)
+
+
 def init_app(app: Flask) -> None:
     """Trust proxies as configured, refuse plain HTTP, and set the security headers."""
+    app.request_class = APIRequest
     hops = app.config["TRUSTED_PROXIES"]
     if hops:
         # Only as many X-Forwarded-* hops as TRUSTED_PROXIES says (client IP and scheme spoofing).
