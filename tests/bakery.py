@@ -191,6 +191,20 @@ class Server:
         return self.process.returncode
 
 
+def installed_env(site: Path, runtime_dir: Path, **settings: str) -> dict[str, str]:
+    """Production settings for a project installed in ``site``, with no .env read.
+
+    ``runtime_dir`` keeps gunicorn's control socket apart, as in gunicorn_env().
+    """
+    return clean_env(
+        PYTHONPATH=str(site),
+        APP_ENV="production",
+        FLASK_SKIP_DOTENV="1",
+        XDG_RUNTIME_DIR=str(runtime_dir),
+        **settings,
+    )
+
+
 def gunicorn_env(project: Baked, port: int, runtime_dir: Path, **settings: str) -> dict[str, str]:
     """Production settings for gunicorn; API_KEYS comes from the project's .env.
 

@@ -35,10 +35,10 @@ import requests
 from bakery import (
     Baked,
     Server,
-    clean_env,
     free_port,
     gunicorn_command,
     gunicorn_env,
+    installed_env,
     json_lines,
     load_keys_module,
     output,
@@ -418,13 +418,7 @@ class Armory:
     keys: dict[str, str] = field(default_factory=dict)
 
     def env(self, **settings: str) -> dict[str, str]:
-        return clean_env(
-            PYTHONPATH=str(self.site),
-            APP_ENV="production",
-            FLASK_SKIP_DOTENV="1",
-            XDG_RUNTIME_DIR=str(self.runtime_dir),
-            **settings,
-        )
+        return installed_env(self.site, self.runtime_dir, **settings)
 
     def flask_keys(self, *arguments: str) -> str:
         """Run ``flask keys ARGUMENTS``; return its stdout (the new key, for create)."""

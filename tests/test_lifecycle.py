@@ -27,9 +27,9 @@ import requests
 
 from bakery import (
     Server,
-    clean_env,
     free_port,
     gunicorn_command,
+    installed_env,
     json_lines,
     load_keys_module,
     output,
@@ -66,13 +66,7 @@ class Lifecycle:
 
     def env(self, **settings: str) -> dict[str, str]:
         """Production, no API_KEYS, no .env: the registry is the only source of keys."""
-        return clean_env(
-            PYTHONPATH=str(self.site),
-            APP_ENV="production",
-            FLASK_SKIP_DOTENV="1",
-            XDG_RUNTIME_DIR=str(self.runtime_dir),
-            **settings,
-        )
+        return installed_env(self.site, self.runtime_dir, **settings)
 
     def keys(self, *arguments: str, **settings: str) -> subprocess.CompletedProcess[str]:
         """Run ``flask keys ARGUMENTS`` from the project root."""
