@@ -207,8 +207,7 @@ class RateLimiter:
             (f"{self._keys}{record.fingerprint}:{limit.label}", limit.seconds) for limit in limits
         ]
         windows = self._hit(checks, counts)
-        if len(windows) <= len(checks):  # the checks stopped at a full one: cut off
-            raise _refusal(self._failures[len(windows) - 1], windows[-1])
+        self._refuse_if_cut_off(windows[: len(checks)])
         # The limit closest to running out is the one reported, and refuses once spent.
         remaining, limit, window = min(
             (limit.amount - window[0], limit, window)
@@ -222,21 +221,25 @@ class RateLimiter:
         """Refuse a client cut off for guessing, counting this request first if it is a
         ``guess`` (a failed authentication). A refused client gets 429 whatever it sends.
         """
+        checks = self._failure_checks(ip)
         if guess:
-            counts = [
-                (f"{self._failed}{ip}:{limit.label}", limit.seconds) for limit in self._failures
-            ]
+            periods = (limit.seconds for limit in self._failures)
+            counts = [(name, seconds) for (name, _), seconds in zip(checks, periods, strict=True)]
             for limit, window in zip(self._failures, self._hit((), counts), strict=True):
                 if window[0] > limit.amount:
                     raise _refusal(limit, window)
         else:
-            windows = self._hit(self._failure_checks(ip), ())
-            limit = self._failures[len(windows) - 1]  # the checks stop at a full one
-            if windows[-1][0] >= limit.amount:
-                raise _refusal(limit, windows[-1])
+            self._refuse_if_cut_off(self._hit(checks, ()))
 
     def _failure_checks(self, ip: str) -> list[tuple[str, int]]:
+        """The client's failure counters, each with the amount that cuts it off."""
         return [(f"{self._failed}{ip}:{limit.label}", limit.amount) for limit in self._failures]
+
+    def _refuse_if_cut_off(self, windows: Sequence[Window]) -> None:
+        """Refuse if a failure counter read (the reads stop at a full one) is full."""
+        for limit, window in zip(self._failures, windows, strict=False):
+            if window[0] >= limit.amount:
+                raise _refusal(limit, window)
 
     def _hit(
         self, checks: Sequence[tuple[str, int]], counts: Sequence[tuple[str, int]]
