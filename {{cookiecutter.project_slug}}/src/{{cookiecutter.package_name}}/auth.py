@@ -79,7 +79,7 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
             _refuse(ExpiredAPIKey(), presented)
     # A stolen key is useless outside its allowlists (credential theft).
     for allowlist in (app.config["API_ALLOWED_IPS"], record.allowed_ips):
-        if allowlist and not client_ip_allowed(req.remote_addr, allowlist):  # empty: everyone
+        if not client_ip_allowed(req.remote_addr, allowlist):
             _refuse(IPNotAllowed(), presented)
     # Least privilege: a key does only what its scopes say (privilege escalation).
     missing = required and sorted(scope for scope in required if not record.has_scope(scope))
