@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,23 @@ def cookiecutter_config(shared_dir) -> Path:
     return path
 
 
+def built_once(directory: Path, build: Callable[[Path], None]) -> Path:
+    """``directory``, made by ``build(directory)`` for whichever xdist worker asks first.
+
+    A file lock makes the other workers wait for it; the ``.done`` mark is written
+    last, so a build that failed half-way is started again, never reused.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    done = directory / ".done"
+    with FileLock(f"{directory}.lock"):
+        if not done.is_file():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            build(directory)
+            done.touch()
+    return directory
+
+
 @pytest.fixture(scope="session")
 def bake(shared_dir, cookiecutter_config):
     """``bake(**extra_context)`` -> Baked: generate with these answers, once per session."""
@@ -54,23 +72,20 @@ def bake(shared_dir, cookiecutter_config):
         digest = hashlib.sha256(
             json.dumps(extra_context, sort_keys=True, ensure_ascii=True).encode()
         ).hexdigest()[:16]
-        cache = shared_dir / "bakes" / digest
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        done = cache / "bake.json"
-        with FileLock(f"{cache}.lock"):
-            if not done.is_file():
-                shutil.rmtree(cache, ignore_errors=True)
-                cache.mkdir()
-                project = cookiecutter(
-                    str(TEMPLATE_DIR),
-                    no_input=True,
-                    extra_context=extra_context,
-                    output_dir=str(cache / "out"),
-                    config_file=str(cookiecutter_config),
-                )
-                answers = answers_for(extra_context)
-                done.write_text(json.dumps({"root": project, "context": answers}), encoding="utf-8")
-        record = json.loads(done.read_text(encoding="utf-8"))
+
+        def generate(cache: Path) -> None:
+            project = cookiecutter(
+                str(TEMPLATE_DIR),
+                no_input=True,
+                extra_context=extra_context,
+                output_dir=str(cache / "out"),
+                config_file=str(cookiecutter_config),
+            )
+            record = {"root": project, "context": answers_for(extra_context)}
+            (cache / "bake.json").write_text(json.dumps(record), encoding="utf-8")
+
+        cache = built_once(shared_dir / "bakes" / digest, generate)
+        record = json.loads((cache / "bake.json").read_text(encoding="utf-8"))
         return Baked(root=Path(record["root"]), context=record["context"])
 
     return _bake
@@ -111,32 +126,28 @@ def install(shared_dir):
 
     def _install(baked: Baked) -> Path:
         digest = hashlib.sha256(str(baked.root).encode()).hexdigest()[:16]
-        cache = shared_dir / "installs" / digest
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        done = cache / "installed"
-        with FileLock(f"{cache}.lock"):
-            if not done.is_file():
-                shutil.rmtree(cache, ignore_errors=True)
-                source = cache / "source"
-                shutil.copytree(baked.root, source, symlinks=True)
-                result = run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pip",
-                        "install",
-                        "--no-deps",
-                        "--no-input",
-                        "--disable-pip-version-check",
-                        "--quiet",
-                        "--target",
-                        str(cache / "site"),
-                        str(source),
-                    ]
-                )
-                assert result.returncode == 0, output(result)
-                done.touch()
-        return cache / "site"
+
+        def pip_install(cache: Path) -> None:
+            source = cache / "source"
+            shutil.copytree(baked.root, source, symlinks=True)
+            result = run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-deps",
+                    "--no-input",
+                    "--disable-pip-version-check",
+                    "--quiet",
+                    "--target",
+                    str(cache / "site"),
+                    str(source),
+                ]
+            )
+            assert result.returncode == 0, output(result)
+
+        return built_once(shared_dir / "installs" / digest, pip_install) / "site"
 
     return _install
 
