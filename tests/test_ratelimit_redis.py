@@ -68,6 +68,7 @@ class RedisServer:
     def __init__(self, binary: str, port: int, workdir: Path, *, cluster: bool = False) -> None:
         self.binary, self.port, self.workdir, self.cluster = binary, port, workdir, cluster
         self.url = f"redis+cluster://127.0.0.1:{port}" if cluster else f"redis://127.0.0.1:{port}/0"
+        self.bus_port = free_port() if cluster else None
         self.client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
         self.process: subprocess.Popen | None = None
         self.starts = 0
@@ -87,6 +88,9 @@ class RedisServer:
         ]  # fmt: skip
         if self.cluster:  # one node serving every slot: multi-key calls must share a slot
             command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            # A port of its own for the cluster bus: by default it is the port + 10000,
+            # which does not exist for a free port above 55535.
+            command += ["--cluster-port", str(self.bus_port)]
         self.starts += 1
         log = self.workdir / f"redis-{self.starts}.log"
         with log.open("wb") as handle:
@@ -311,6 +315,13 @@ def keys(default_project) -> ModuleType:
     return load_keys_module(default_project.root)
 
 
+@pytest.fixture
+def package(default_project, monkeypatch) -> ModuleType:
+    """The default project's package, imported in this process from its ``src``."""
+    monkeypatch.syspath_prepend(str(default_project.root / "src"))
+    return importlib.import_module(default_project.package)
+
+
 def random_part(keys: ModuleType, key: str) -> str:
     start = len(keys.KEY_PREFIX) + 1
     return key[start : start + keys.RANDOM_LENGTH]
@@ -522,7 +533,7 @@ def test_no_raw_key_reaches_redis(serve, redis_server, keys):
 
 @pytest.mark.parametrize("setup", ["cluster", "sentinel"])
 def test_a_redis_cluster_or_sentinel_holds_the_counters_too(
-    setup, default_project, redis_server, keys, monkeypatch, tmp_path, request
+    setup, default_project, package, redis_server, keys, tmp_path, request
 ):
     """redis+cluster:// and redis+sentinel:// work as one server does. A Cluster refuses a
     script whose keys span hash slots, so every counter shares one hash tag."""
@@ -533,8 +544,6 @@ def test_a_redis_cluster_or_sentinel_holds_the_counters_too(
         sentinel = RedisSentinel(redis_server, tmp_path / "sentinel")
         request.addfinalizer(sentinel.stop)
         shared, url = redis_server, sentinel.url
-    monkeypatch.syspath_prepend(str(default_project.root / "src"))
-    package = importlib.import_module(default_project.package)
     key = keys.generate_key()
     app = package.create_app(
         {
@@ -565,12 +574,9 @@ def test_a_redis_cluster_or_sentinel_holds_the_counters_too(
     assert len(names) == 2 and all(name.startswith(tag) for name in names), names
 
 
-def test_the_redis_script_counts_as_the_memory_counters_do(
-    default_project, redis_server, monkeypatch
-):
+def test_the_redis_script_counts_as_the_memory_counters_do(package, redis_server):
     """The Lua script and ProcessCounters give the same windows for the same calls."""
-    monkeypatch.syspath_prepend(str(default_project.root / "src"))
-    ratelimit = importlib.import_module(f"{default_project.package}.ratelimit")
+    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
     memory, shared = ratelimit.ProcessCounters(), ratelimit.RedisCounters(redis_server.url)
     calls = [
         ((), [("guesses", 60)]),  # a new window: count 1
