@@ -220,8 +220,8 @@ def without_rate_limit_headers(ratelimit: Any) -> Callable[[], contextlib.Abstra
     For a reference row only: it tells what the three headers cost apart from counting.
     """
 
-    def admit(app, ip, record):
-        app.extensions["rate_limiter"].admit(ip or "-", record)
+    def admit(app, request, record):
+        app.extensions["rate_limiter"].admit(request.remote_addr or "-", record)
 
     @contextlib.contextmanager
     def patched():

@@ -48,6 +48,18 @@ def test_limited_responses_carry_the_rate_limit_headers(make_app, key):
     assert "Retry-After" not in answers[0].headers
 
 
+def test_an_error_from_the_view_carries_the_rate_limit_headers_once(make_app, key):
+    client = make_app(RATELIMIT_DEFAULT="5/hour").test_client()
+    response = client.post(
+        "/v1/items",
+        data="{not json",
+        headers={API_KEY_HEADER: key, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.headers.getlist("X-RateLimit-Limit") == ["5"]
+    assert response.headers.getlist("X-RateLimit-Remaining") == ["4"]
+
+
 def test_each_key_has_its_own_counter(make_app, key, issue_key):
     app = make_app(RATELIMIT_DEFAULT="2/hour")
     other = issue_key(app, name="other")

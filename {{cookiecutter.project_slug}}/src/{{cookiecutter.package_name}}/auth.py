@@ -89,7 +89,7 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
 {%- if cookiecutter.use_rate_limiting %}
     # Count the request against the key's limit (denial of service, runaway clients); a
     # refusal still names the key in the access line, as g.api_key is set.
-    ratelimit.admit(app, req.remote_addr, record)
+    ratelimit.admit(app, req, record)
 {%- endif %}
     return record
 
