@@ -47,7 +47,7 @@ class Load:
 class WrkResult:
     requests_per_second: float
     non_2xx: int
-    socket_errors: int
+    socket_errors: tuple[int, int, int, int]  # wrk's connect, read, write, timeout
 
 
 def free_port() -> int:
@@ -239,7 +239,8 @@ def wrk(executable: str, url: str, headers: dict[str, str], load: Load, duration
     if result.returncode != 0 or not found:
         raise RuntimeError(f"wrk failed (exit {result.returncode}):\n{text}")
     non_2xx = int(m.group(1)) if (m := _NON_2XX.search(text)) else 0
-    socket_errors = sum(map(int, m.groups())) if (m := _SOCKET.search(text)) else 0
+    m = _SOCKET.search(text)
+    socket_errors = tuple(map(int, m.groups())) if m else (0, 0, 0, 0)
     return WrkResult(float(found.group(1)), non_2xx, socket_errors)
 
 
@@ -314,11 +315,17 @@ def end_to_end(limited: Bake, plain: Bake, work: Path, load: Load) -> list[Row]:
         )
         runs = [run for runs in results.values() for run in runs]
         non_2xx = sum(run.non_2xx for run in runs)
-        socket_errors = sum(run.socket_errors for run in runs)
+        kinds = [sum(counts) for counts in zip(*(run.socket_errors for run in runs), strict=True)]
+        socket_errors = sum(kinds)
         errors = non_2xx + socket_errors
         measured = (
             f"{ratio(value)} ({secured:,.0f} vs {health:,.0f} req/s); "
             f"errors: {non_2xx} non-2xx, {socket_errors} socket"
+            + (
+                " (connect {}, read {}, write {}, timeout {})".format(*kinds)
+                if socket_errors
+                else ""
+            )
         )
         rows.append(
             Row(

@@ -37,7 +37,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="print where the secured route's time goes (cProfile)",
     )
-    parser.add_argument("--rounds", type=int, help="in-process rounds (default 40, quick 4)")
+    parser.add_argument("--rounds", type=int, help="in-process rounds (default 80, quick 4)")
     parser.add_argument(
         "--batch", type=int, help="requests per variant per round (default 200, quick 30)"
     )
@@ -48,16 +48,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument(
-        "--e2e-rounds", type=int, help="rounds of wrk runs, one per route (default 4, quick 1)"
+        "--e2e-rounds", type=int, help="rounds of wrk runs, one per route (default 8, quick 1)"
     )
     arguments = parser.parse_args(argv)
     quick = arguments.quick
     defaults = {
-        "rounds": 4 if quick else 40,
+        "rounds": 4 if quick else 80,
         "batch": 30 if quick else 200,
         "samples": 2_000 if quick else 30_000,
         "duration": 1 if quick else 3,
-        "e2e_rounds": 1 if quick else 4,
+        "e2e_rounds": 1 if quick else 8,
     }
     for name, value in defaults.items():
         if getattr(arguments, name) is None:
