@@ -13,7 +13,6 @@ from flask import after_this_request, current_app, g, request
 {% if cookiecutter.use_rate_limiting -%}
 from . import ratelimit
 {% endif -%}
-from .config import API_KEY_ENVIRON
 from .errors import (
     APIError,
     ExpiredAPIKey,
@@ -64,9 +63,7 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
     # Each attribute read through Flask's context proxies costs about a microsecond, and
     # this runs on every keyed request: look the app and the request up once.
     app, req = current_app._get_current_object(), request._get_current_object()
-    # Only the configured header counts: keys in URLs or bodies end up in logs and caches.
-    # Read from the environ, as request.headers.get() would, minus three calls per request.
-    presented = req.environ.get(API_KEY_ENVIRON, "").strip()
+    presented = req.presented_key
     if not presented:
         _refuse(MissingAPIKey(), presented)
     record = app.extensions["api_keys"].lookup(presented)

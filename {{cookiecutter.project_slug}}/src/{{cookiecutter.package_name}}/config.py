@@ -20,8 +20,6 @@ from .keys import KeyConfigError, parse_api_keys
 from .registry import KeyStore, RegistryError
 
 API_KEY_HEADER = "{{ cookiecutter.api_key_header }}"
-# The same header as the WSGI environ names it, where the key check reads it (auth.py).
-API_KEY_ENVIRON = "HTTP_" + API_KEY_HEADER.upper().replace("-", "_")
 ENVIRONMENTS = ("production", "development", "testing")
 LOG_FORMATS = ("json", "text")
 _TRUE = {"1", "true", "yes", "on"}

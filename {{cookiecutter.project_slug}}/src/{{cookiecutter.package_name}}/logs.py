@@ -16,7 +16,6 @@ import uuid
 from flask import Flask, g, has_request_context, request
 from werkzeug.wrappers import Response
 
-from .config import API_KEY_HEADER
 from .keys import fingerprint, redact_keys
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -166,5 +165,5 @@ def _finish_request(response: Response) -> Response:
 
 def _presented_fingerprint() -> str:
     """Who sent a request that no key let in: the fingerprint of what it sent, or ``-``."""
-    presented = request.headers.get(API_KEY_HEADER, "").strip()
+    presented = request.presented_key
     return fingerprint(presented) if presented else "-"
