@@ -141,7 +141,7 @@ def round_trips(redis: Redis, count: int = 3000) -> Row:
     """What one Redis round trip costs this machine: redis-py as the app uses it, a raw socket.
 
     Wall time and this process's CPU time per PING, on the same loopback server; with
-    a keyed request making one round trip, this is the floor of what Redis adds to it.
+    a keyed request that needs a round trip (one a lease), this is what Redis adds to it.
     """
     import redis as redis_py
 

@@ -579,12 +579,12 @@ def test_the_redis_script_counts_as_the_memory_counters_do(package, redis_server
     ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
     memory, shared = ratelimit.ProcessCounters(), ratelimit.RedisCounters(redis_server.url)
     calls = [
-        ((), [("guesses", 60)]),  # a new window: count 1
-        ((), [("guesses", 60)]),
-        ([("guesses", 3)], [("key", 60), ("key-daily", 86400)]),  # 2 < 3: counted
-        ((), [("guesses", 60)]),
-        ([("guesses", 3)], [("key", 60)]),  # 3 >= 3: stops there, the key is not counted
-        ([("unknown", 1)], [("key", 60)]),  # a counter never hit reads 0
+        ((), [("guesses", 60, 3)]),  # a new window: count 1
+        ((), [("guesses", 60, 3)]),
+        ([("guesses", 3)], [("key", 60, 5), ("key-daily", 86400, 50)]),  # 2 < 3: counted
+        ((), [("guesses", 60, 3)]),
+        ([("guesses", 3)], [("key", 60, 5)]),  # 3 >= 3: stops there, the key is not counted
+        ([("unknown", 1)], [("key", 60, 5)]),  # a counter never hit reads 0
         ([("key", 10), ("guesses", 3)], ()),  # checks stop at the first full one only
     ]
     for checks, counts in calls:
@@ -594,7 +594,83 @@ def test_the_redis_script_counts_as_the_memory_counters_do(package, redis_server
         for (_, ends), (_, expected_ends) in zip(got, expected, strict=True):
             assert abs(ends - expected_ends) < 1.5, (checks, counts, ends, expected_ends)
             assert ends >= began - 0.01
-    assert shared.hit((), [("key", 60)])[0][0] == 3
+    assert shared.hit((), [("key", 60, 5)])[0][0] == 3
+
+
+def script_calls(redis_server: RedisServer) -> int:
+    return sum(command.startswith((b"EVAL", b"EVALSHA")) for command in redis_server.commands())
+
+
+def test_leases_never_let_two_workers_exceed_a_limit(package, redis_server):
+    """Two workers' counters take leases for one busy client of a 100-hit limit, in turns of
+    uneven bursts: together they admit exactly hits 1 to 100 (each once), then refuse."""
+    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
+    workers = [ratelimit.RedisCounters(redis_server.url) for _ in range(2)]
+    for counters in workers:
+        counters.LEASE_SECONDS = 3600  # no lease ends by age while the test runs
+    checks, counts = (("failures", 5),), (("key", 3600, 100),)
+
+    admitted, refused = [], 0
+    for turn in range(60):
+        for _ in range(turn % 7 + 1):  # bursts of 1 to 7 requests, to each worker in turn
+            failures, (count, _) = workers[turn % 2].take(checks, counts)
+            assert failures[0] == 0
+            if count <= 100:
+                admitted.append(count)
+            else:
+                refused += 1
+
+    assert sorted(admitted) == list(range(1, 101))
+    assert refused > 100
+    # Leases are sized by what is left: near the end each hit is counted alone.
+    assert int(redis_server.client.get("key")) == 100 + refused
+    assert script_calls(redis_server) < len(admitted) + refused
+
+
+def test_a_busy_client_needs_few_round_trips(package, redis_server):
+    """500 requests of one client with a key far from its limit: about a dozen round trips,
+    and the windows still count the hits one by one."""
+    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
+    counters = ratelimit.RedisCounters(redis_server.url)
+    counters.LEASE_SECONDS = 3600
+    checks, counts = (("failures", 5),), (("key", 3600, 1_000_000), ("key-daily", 86400, 10**7))
+
+    windows = [counters.take(checks, counts) for _ in range(500)]
+
+    assert [window[1][0] for window in windows] == list(range(1, 501))
+    assert [window[2][0] for window in windows] == list(range(1, 501))
+    calls = script_calls(redis_server)
+    assert calls <= 20, calls  # leases of 1, 2, 4 ... up to MAX_LEASE (64)
+    counted = int(redis_server.client.get("key"))
+    assert 500 <= counted < 500 + counters.MAX_LEASE, counted
+    assert int(redis_server.client.get("key-daily")) == counted
+
+
+def test_a_lease_rechecks_its_client_within_its_period(package, redis_server):
+    """A client cut off on another worker is refused here once its lease's period ends;
+    a Redis that went away, from the first request that needs it."""
+    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
+    counters = ratelimit.RedisCounters(redis_server.url)
+    counters.LEASE_SECONDS = 0.5
+    checks, counts = (("failures", 5),), (("key", 3600, 1000),)
+    assert len(counters.take(checks, counts)) == 2  # a lease of 1 hit
+    assert len(counters.take(checks, counts)) == 2  # spent at once: a lease of 2
+    calls = script_calls(redis_server)
+
+    redis_server.client.set("failures", 5, ex=60)  # another worker cut the client off
+    assert len(counters.take(checks, counts)) == 2  # the rest of the lease
+    assert script_calls(redis_server) == calls
+    time.sleep(0.6)
+    assert counters.take(checks, counts) == [(5, pytest.approx(time.time() + 60, abs=2))]
+
+    redis_server.client.delete("failures")
+    for _ in range(4):  # leases of 1 and 2, spent at once, then one of 4: 3 hits left
+        counters.take(checks, counts)
+    redis_server.stop()
+    with pytest.raises(ratelimit.StorageUnavailable):
+        counters.hit((), (("other", 60, 10),))
+    with pytest.raises(ratelimit.StorageUnavailable):  # the lease went with the storage
+        counters.take(checks, counts)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 
 from {{ cookiecutter.package_name }} import ConfigError, create_app, keys
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
-from {{ cookiecutter.package_name }}.ratelimit import ProcessCounters
+from {{ cookiecutter.package_name }}.ratelimit import ProcessCounters, _Lease
 
 HTTPS = "https://localhost"
 ATTACKER = {"REMOTE_ADDR": "203.0.113.7"}
@@ -222,24 +222,40 @@ def test_a_window_ends_and_counting_starts_again(make_app, key):
 
 def test_memory_counters_forget_ended_windows():
     counters = ProcessCounters()
-    assert [counters.hit((), [("a", 0.05)]), counters.hit((), [("a", 0.05)])] == [
+    assert [counters.hit((), [("a", 0.05, 10)]), counters.hit((), [("a", 0.05, 10)])] == [
         [(1, pytest.approx(time.time() + 0.05, abs=0.02))],
         [(2, pytest.approx(time.time() + 0.05, abs=0.02))],
     ]
-    counters.hit((), [("b", 60)])
+    counters.hit((), [("b", 60, 10)])
     time.sleep(0.06)
     assert counters.hit([("a", 1)], ())[0][0] == 0
     # The next hit after the sweep time drops every ended window: memory stays bounded.
     counters._next_sweep = 0
-    assert counters.hit((), [("c", 60)])[0][0] == 1
+    assert counters.hit((), [("c", 60, 10)])[0][0] == 1
     assert set(counters._windows) == {"b", "c"}
 
 
 def test_memory_counters_stop_at_a_full_check_and_count_nothing():
     counters = ProcessCounters()
-    counters.hit((), [("failures", 60), ("failures", 60)])
-    assert [window[0] for window in counters.hit([("failures", 3)], [("key", 60)])] == [2, 1]
-    counters.hit((), [("failures", 60)])
+    counters.hit((), [("failures", 60, 3), ("failures", 60, 3)])
+    assert [window[0] for window in counters.hit([("failures", 3)], [("key", 60, 10)])] == [2, 1]
+    counters.hit((), [("failures", 60, 3)])
     # Full: the check stops there, and the key's counter is not touched.
-    assert [window[0] for window in counters.hit([("failures", 3)], [("key", 60)])] == [3]
+    assert [window[0] for window in counters.hit([("failures", 3)], [("key", 60, 10)])] == [3]
     assert counters.hit([("key", 10)], ())[0][0] == 1
+
+
+def test_a_lease_is_sized_by_what_its_client_spent():
+    """Redis leases: double while spent within the period, else what was spent, else one."""
+    counted = [(40, 1000.0 + 3600)]  # the count after the lease was taken, and its window's end
+    lease = _Lease(1000.0, 8, [(0, 1000.0 + 60)], counted, seconds=1.0)
+    assert lease.ends == 1001.0  # its period ends before the window does
+    assert [lease.spend()[1][0] for _ in range(3)] == [34, 35, 36]  # hit 33 took it
+    assert lease.wanted(1000.5, 1.0, 64) == 4  # 4 of 8 spent when its period ended
+    for _ in range(4):
+        lease.spend()
+    assert lease.left == 0
+    assert lease.wanted(1000.5, 1.0, 64) == 16  # all spent within the period: twice as many
+    assert lease.wanted(1000.5, 1.0, 10) == 10  # never more than the most
+    assert lease.wanted(1001.5, 1.0, 64) == 8  # spent, but over more than the period
+    assert lease.wanted(1002.0, 1.0, 64) == 1  # the client paused: start again from one
