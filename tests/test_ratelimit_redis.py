@@ -667,9 +667,9 @@ def test_a_lease_rechecks_its_client_within_its_period(package, redis_server):
     for _ in range(4):  # leases of 1 and 2, spent at once, then one of 4: 3 hits left
         counters.take(checks, counts)
     redis_server.stop()
-    with pytest.raises(ratelimit.StorageUnavailable):
+    with pytest.raises(ratelimit.RateLimitUnavailable):
         counters.hit((), (("other", 60, 10),))
-    with pytest.raises(ratelimit.StorageUnavailable):  # the lease went with the storage
+    with pytest.raises(ratelimit.RateLimitUnavailable):  # the lease went with the storage
         counters.take(checks, counts)
 
 
