@@ -248,7 +248,7 @@ def test_memory_counters_stop_at_a_full_check_and_count_nothing():
 def test_a_lease_is_sized_by_what_its_client_spent():
     """Redis leases: double while spent within the period, else what was spent, else one."""
     counted = [(40, 1000.0 + 3600)]  # the count after the lease was taken, and its window's end
-    lease = _Lease(1000.0, 8, [(0, 1000.0 + 60)], counted, seconds=1.0)
+    lease = _Lease(1000.0, 8, [(0, 1000.0 + 60)], counted, seconds=1.0, over=False)
     assert lease.ends == 1001.0  # its period ends before the window does
     assert [lease.spend()[1][0] for _ in range(3)] == [34, 35, 36]  # hit 33 took it
     assert lease.wanted(1000.5, 1.0, 64) == 4  # 4 of 8 spent when its period ended
@@ -259,3 +259,6 @@ def test_a_lease_is_sized_by_what_its_client_spent():
     assert lease.wanted(1000.5, 1.0, 10) == 10  # never more than the most
     assert lease.wanted(1001.5, 1.0, 64) == 8  # spent, but over more than the period
     assert lease.wanted(1002.0, 1.0, 64) == 1  # the client paused: start again from one
+    # A refusal (count 11 of a 10-hit limit) is repeated as it was while its lease lasts.
+    refusal = _Lease(1000.0, 1, [], [(11, 1000.0 + 3600)], seconds=1.0, over=True)
+    assert refusal.spend() == refusal.spend() == [(11, 1000.0 + 3600)]

@@ -157,9 +157,9 @@ class ProcessCounters:
 
 class _Lease:
     """Hits one worker counted in Redis ahead of time for one client and key, to serve them
-    without a round trip."""
+    without a round trip; or, once the key's limit is spent, its refusal, to repeat it."""
 
-    __slots__ = ("before", "checked", "ends", "granted", "left", "taken")
+    __slots__ = ("before", "checked", "ends", "granted", "left", "over", "taken")
 
     def __init__(
         self,
@@ -168,16 +168,20 @@ class _Lease:
         checked: list[Window],
         counted: list[Window],
         seconds: float,
+        *,
+        over: bool,
     ) -> None:
         self.taken = taken
         self.granted = granted
         self.left = granted - 1  # the request that took the lease spends one
+        self.over = over  # a count is over its limit: it stays so until its window ends
         self.checked = checked  # the client's failure counters, as read when it was taken
         self.before = [(count - granted, ends) for count, ends in counted]  # counts before it
         self.ends = min([taken + seconds] + [ends for _, ends in counted])
 
     def spend(self) -> list[Window]:
-        self.left -= 1
+        if self.left:
+            self.left -= 1
         spent = self.granted - self.left
         return self.checked + [(count + spent, ends) for count, ends in self.before]
 
@@ -205,6 +209,9 @@ class RedisCounters:
 
     - every hit is counted in Redis before it is served: all workers together
       never admit more than a limit;
+    - a client refused for its key's limit is refused again from its lease,
+      without Redis, until the lease ends (a count never goes down within its
+      window), so a flood over the limit costs Redis one call a second per worker;
     - a client that stops leaves at most the rest of its last lease counted and
       unused, and near the end of a limit every request is counted exactly;
     - the client's failure counters are read with each lease, so a client cut off
@@ -275,7 +282,7 @@ return reply
         now = time.time()
         with self._lock:
             lease = self._leases.get(client)
-            if lease is not None and lease.left and now < lease.ends:
+            if lease is not None and (lease.left or lease.over) and now < lease.ends:
                 return lease.spend()
             wanted = 1 if lease is None else lease.wanted(now, self.LEASE_SECONDS, self.MAX_LEASE)
         granted, windows = self._run(checks, counts, wanted)
@@ -284,7 +291,11 @@ return reply
             if not granted:  # a failure counter is full: the client is cut off
                 self._leases.pop(client, None)
                 return windows
-            lease = _Lease(now, granted, windows[:checked], windows[checked:], self.LEASE_SECONDS)
+            counted = windows[checked:]
+            over = any(
+                count > amount for (count, _), (_, _, amount) in zip(counted, counts, strict=True)
+            )
+            lease = _Lease(now, granted, windows[:checked], counted, self.LEASE_SECONDS, over=over)
             self._leases[client] = lease
             if now >= self._next_sweep:
                 self._sweep(now)
