@@ -449,10 +449,11 @@ def test_memory_storage_counts_per_worker(serve, keys):
 
 
 def test_failed_authentications_stop_a_brute_force_loop(serve, redis_server, keys):
-    """AUTH_FAILURE_LIMIT=5/hour: five guesses get 401, every later request of that IP 429."""
-    valid = keys.generate_key()
+    """AUTH_FAILURE_LIMIT=5/hour: five guesses get 401, every later request of that IP 429,
+    a right guess included; the attacker's own key too, once its lease's second is over."""
+    valid, own = keys.generate_key(), keys.generate_key()
     api = serve(
-        API_KEYS=keys.hashed_entry(valid),
+        API_KEYS=f"{keys.hashed_entry(valid)},{keys.hashed_entry(own)}",
         RATELIMIT_STORAGE_URI=redis_server.url,
         RATELIMIT_DEFAULT="1000/hour",
         AUTH_FAILURE_LIMIT="5/hour",
@@ -460,6 +461,8 @@ def test_failed_authentications_stop_a_brute_force_loop(serve, redis_server, key
     )
     guesses = [keys.generate_key() for _ in range(30)]
     assert all(keys.is_well_formed(guess) for guess in guesses)
+    # The attacker holds a key of its own, busy enough for leases on the workers.
+    assert {api.get(PROTECTED, own, client_ip=ATTACKER).status for _ in range(8)} == {200}
 
     answers = [api.get(PROTECTED, guess, client_ip=ATTACKER) for guess in guesses]
 
@@ -468,9 +471,11 @@ def test_failed_authentications_stop_a_brute_force_loop(serve, redis_server, key
     for answer in answers[5:]:
         assert answer.json()["error"] == "rate_limited", answer.text
         assert 1 <= int(answer.headers["Retry-After"]) <= 3600, answer.headers
-    # The attacker's IP is refused even with a valid key; another client is not.
+    # The attacker's IP is refused even with a valid key it guessed; another client is not.
     blocked = api.get(PROTECTED, valid, client_ip=ATTACKER)
     assert blocked.status == 429 and blocked.json()["error"] == "rate_limited", blocked.text
+    time.sleep(1.1)  # RedisCounters.LEASE_SECONDS: no lease of its own key is left
+    assert {api.get(PROTECTED, own, client_ip=ATTACKER).status for _ in range(4)} == {429}
     assert api.get(PROTECTED, valid, client_ip=OTHER_CLIENT).status == 200
     assert api.get("/health", client_ip=ATTACKER).status == 200
     assert api.get("/health").status == 200
@@ -484,7 +489,7 @@ def test_failed_authentications_stop_a_brute_force_loop(serve, redis_server, key
     contents = redis_server.contents()
     assert counters_of(contents, "auth-failures", ATTACKER), contents
     assert not counters_of(contents, "auth-failures", OTHER_CLIENT), contents
-    assert_no_raw_key(redis_server, keys, [valid, *guesses])
+    assert_no_raw_key(redis_server, keys, [valid, own, *guesses])
 
 
 def test_redis_stopped_mid_run_fails_closed_and_recovers(serve, redis_server, keys):

@@ -215,8 +215,9 @@ class RedisCounters:
     - a client that stops leaves at most the rest of its last lease counted and
       unused, and near the end of a limit every request is counted exactly;
     - the client's failure counters are read with each lease, so a client cut off
-      on another worker, or a Redis that went away, is noticed within
-      ``LEASE_SECONDS`` or one lease.
+      for failed authentications, or a Redis that went away, is noticed within
+      ``LEASE_SECONDS``. A key guessed right is never served from a lease: it has
+      none yet, so its first request reads the failure counters.
 
     Counter names share one hash tag, so a Redis Cluster keeps them in one slot,
     where a script may touch them all.
