@@ -715,6 +715,21 @@ def test_a_lease_rechecks_its_client_within_its_period(package, redis_server):
         counters.take(checks, counts)
 
 
+def test_old_leases_are_swept(package, redis_server):
+    """A worker keeps leases of the last few seconds' clients only, however many came."""
+    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
+    counters = ratelimit.RedisCounters(redis_server.url)
+    counters.LEASE_SECONDS = 0.05
+    counts = (("key", 3600, 1000),)
+    for client in range(50):
+        counters.take(((f"failures:{client}", 5),), counts)
+    assert len(counters._leases) == 50
+    time.sleep(0.11)  # two lease periods: these leases no longer size the next ones
+    counters._next_sweep = 0  # as when SWEEP_EVERY has passed
+    counters.take((("failures:new", 5),), counts)
+    assert list(counters._leases) == [((("failures:new", 5),), counts)]
+
+
 @pytest.mark.parametrize(
     ("storage", "workers", "warns"),
     [(None, "2", True), ("memory://", "2", True), ("memory://", "1", False), ("redis", "2", False)],

@@ -225,7 +225,9 @@ class RedisCounters:
 
     LEASE_SECONDS = 1.0
     MAX_LEASE = 64
-    SWEEP_EVERY = 60.0
+    # Leases older than 2 * LEASE_SECONDS are dropped this often, so the worker's memory
+    # holds the clients of the last few seconds only, however many addresses come.
+    SWEEP_EVERY = 5.0
 
     # KEYS: the checked counters, then the counted ones. ARGV[1]: how many are checked;
     # ARGV[2]: the hits wanted; then each checked counter's amount; then each counted
