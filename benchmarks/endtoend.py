@@ -215,7 +215,26 @@ _SOCKET = re.compile(
 )
 
 
-def wrk(executable: str, url: str, headers: dict[str, str], load: Load, duration: int) -> WrkResult:
+# A wrk script that sends each request from a random client address (X-Forwarded-For,
+# believed with TRUSTED_PROXIES=1): a crowd of clients with one request each, for whom a
+# Redis lease is no help.
+CROWD_SCRIPT = """
+request = function()
+  wrk.headers["X-Forwarded-For"] = string.format(
+    "10.%d.%d.%d", math.random(0, 255), math.random(0, 255), math.random(1, 254))
+  return wrk.format()
+end
+"""
+
+
+def wrk(
+    executable: str,
+    url: str,
+    headers: dict[str, str],
+    load: Load,
+    duration: int,
+    script: Path | None = None,
+) -> WrkResult:
     command = [
         executable,
         "-t",
@@ -227,6 +246,8 @@ def wrk(executable: str, url: str, headers: dict[str, str], load: Load, duration
     ]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
+    if script is not None:
+        command += ["-s", str(script)]
     result = subprocess.run(  # noqa: S603 - fixed arguments, loopback URL
         [*command, url],
         capture_output=True,
@@ -245,7 +266,7 @@ def wrk(executable: str, url: str, headers: dict[str, str], load: Load, duration
 
 
 def measure(
-    wrk_path: str, base: str, header: str, key: str, load: Load
+    wrk_path: str, base: str, header: str, key: str, load: Load, script: Path | None
 ) -> dict[str, list[WrkResult]]:
     # Both routes get the same headers, so the requests differ only in their path.
     headers = {"X-Forwarded-Proto": "https", header: key}
@@ -253,11 +274,11 @@ def measure(
     if _get(paths["secured"], headers) != 200:
         raise RuntimeError("GET /v1/secure-data with the key did not answer 200")
     for url in paths.values():  # warm-up: workers import, caches fill
-        wrk(wrk_path, url, headers, load, 1)
+        wrk(wrk_path, url, headers, load, 1, script)
     results: dict[str, list[WrkResult]] = {name: [] for name in paths}
     for _ in range(load.rounds):
         for name in shuffled(paths):
-            results[name].append(wrk(wrk_path, paths[name], headers, load, load.duration))
+            results[name].append(wrk(wrk_path, paths[name], headers, load, load.duration, script))
     return results
 
 
@@ -275,14 +296,24 @@ def end_to_end(limited: Bake, plain: Bake, work: Path, load: Load) -> list[Row]:
             )
         ]
     redis_path = shutil.which("redis-server")
-    setups: list[tuple[str, Bake, str | None, bool]] = [
-        ("default, memory://", limited, None, True),
-        ("redis:// (local redis-server)", limited, "redis", True),
-        ("use_rate_limiting=false (reference)", plain, None, False),
+    crowd = work / "crowd.lua"
+    crowd.write_text(CROWD_SCRIPT)
+    # label, project, storage, has a goal, wrk script
+    setups: list[tuple[str, Bake, str | None, bool, Path | None]] = [
+        ("default, memory://", limited, None, True, None),
+        ("redis:// (local redis-server)", limited, "redis", True, None),
+        (
+            "redis://, each request from a new client address (reference)",
+            limited,
+            "redis",
+            False,
+            crowd,
+        ),
+        ("use_rate_limiting=false (reference)", plain, None, False, None),
     ]
     rows = []
     what = "secured vs /health req/s"
-    for label, project, storage, goal in setups:
+    for label, project, storage, goal, script in setups:
         settings = {}
         redis = None
         if storage == "redis":
@@ -293,12 +324,13 @@ def end_to_end(limited: Bake, plain: Bake, work: Path, load: Load) -> list[Row]:
                 continue
             redis = Redis(redis_path, work)
             settings["RATELIMIT_STORAGE_URI"] = redis.uri
-            rows.append(round_trips(redis))
+            if script is None:
+                rows.append(round_trips(redis))
         key = project.module("keys").generate_key()
         process = None
         try:
             process, base, _log = gunicorn(project, key, work, settings)
-            results = measure(wrk_path, base, project.api_key_header, key, load)
+            results = measure(wrk_path, base, project.api_key_header, key, load, script)
         finally:
             if process is not None:
                 _stop(process)
