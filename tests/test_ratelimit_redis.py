@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -715,19 +716,69 @@ def test_a_lease_rechecks_its_client_within_its_period(package, redis_server):
         counters.take(checks, counts)
 
 
-def test_old_leases_are_swept(package, redis_server):
-    """A worker keeps leases of the last few seconds' clients only, however many came."""
+def test_old_leases_are_swept_and_hand_back_what_they_did_not_serve(package, redis_server):
+    """A worker keeps leases of the last few seconds' clients only, however many came, and
+    the hits a swept lease did not serve are counted no more."""
     ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
     counters = ratelimit.RedisCounters(redis_server.url)
     counters.LEASE_SECONDS = 0.05
     counts = (("key", 3600, 1000),)
-    for client in range(50):
-        counters.take(((f"failures:{client}", 5),), counts)
+    for client in range(50):  # a lease of 1, spent at once, then one of 2: 1 hit left
+        for _ in range(2):
+            counters.take(((f"failures:{client}", 5),), counts)
     assert len(counters._leases) == 50
+    assert int(redis_server.client.get("key")) == 150
     time.sleep(0.11)  # two lease periods: these leases no longer size the next ones
     counters._next_sweep = 0  # as when SWEEP_EVERY has passed
     counters.take((("failures:new", 5),), counts)
     assert list(counters._leases) == [((("failures:new", 5),), counts)]
+    assert int(redis_server.client.get("key")) == 100 + 1  # served, and the new one
+
+
+def test_a_client_in_bursts_gets_its_whole_limit(package, redis_server):
+    """Bursts of 13 requests, each after a pause of two lease periods: every lease's unserved
+    hits are handed back with the next one, so the client gets exactly its 300."""
+    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
+    counters = ratelimit.RedisCounters(redis_server.url)
+    counters.LEASE_SECONDS = 0.05
+    checks, counts = (("failures", 5),), (("key", 3600, 300),)
+    admitted = 0
+    while True:
+        for _ in range(13):
+            _, (count, _) = counters.take(checks, counts)
+            if count > 300:
+                break
+            admitted += 1
+        else:
+            time.sleep(0.11)
+            continue
+        break
+    assert admitted == 300
+    assert int(redis_server.client.get("key")) == 301  # and the one refused
+
+
+def test_threads_of_one_worker_take_one_lease_at_a_time(package, redis_server):
+    """Eight threads of one worker (gthread) serve one busy client: while one takes the next
+    lease the others count a hit each, so no lease is replaced before it is spent."""
+    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
+    counters = ratelimit.RedisCounters(redis_server.url)
+    counters.LEASE_SECONDS = 3600
+    checks, counts = (("failures", 5),), (("key", 3600, 10**6),)
+    served = []
+
+    def serve() -> None:
+        for _ in range(300):
+            served.append(counters.take(checks, counts)[1][0])
+
+    threads = [threading.Thread(target=serve) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(set(served)) == len(served) == 2400  # each its own place in the count
+    counted = int(redis_server.client.get("key"))
+    assert 0 <= counted - len(served) <= counters.MAX_LEASE, counted  # only the last lease
 
 
 @pytest.mark.parametrize(

@@ -262,3 +262,15 @@ def test_a_lease_is_sized_by_what_its_client_spent():
     # A refusal (count 11 of a 10-hit limit) is repeated as it was while its lease lasts.
     refusal = _Lease(1000.0, 1, [], [(11, 1000.0 + 3600)], seconds=1.0, over=True)
     assert refusal.spend() == refusal.spend() == [(11, 1000.0 + 3600)]
+
+
+def test_a_lease_hands_back_what_it_did_not_serve_while_its_window_clearly_lasts():
+    hour, minute = (40, 1000.0 + 3600), (40, 1000.0 + 1.5)  # counts after it, window ends
+    lease = _Lease(1000.0, 8, [], [hour, minute], seconds=1.0, over=False)
+    lease.spend()  # 2 of 8 served
+    assert lease.hand_back(1000.2) == [6, 6]
+    assert lease.left == 0 and lease.hand_back(1000.2) == [0, 0]  # handed back once
+    lease = _Lease(1000.0, 8, [], [hour, minute], seconds=1.0, over=False)
+    # Less than a second before the minute's window ends: a new window may have begun
+    # by the time Redis sees it, and must not be counted down.
+    assert lease.hand_back(1000.6) == [7, 0]

@@ -194,6 +194,14 @@ class _Lease:
             return min(most, 2 * spent)  # spent within its period: the client is faster
         return max(1, spent)
 
+    def hand_back(self, now: float) -> list[int]:
+        """Give up the hits left: how many each counter may take back. Only a window that
+        has clearly not ended takes them back (a second to spare): after the end, a new
+        window would be counted down, and its limit overshot.
+        """
+        left, self.left = self.left, 0
+        return [left if now + 1 < ends else 0 for _, ends in self.before]
+
 
 class RedisCounters:
     """The same counters in Redis, shared by every worker and host.
@@ -209,18 +217,21 @@ class RedisCounters:
 
     - every hit is counted in Redis before it is served: all workers together
       never admit more than a limit;
+    - hits a lease did not serve are handed back, uncounted, with the client's
+      next lease or when old leases are swept, while their window lasts;
     - a client refused for its key's limit is refused again from its lease,
       without Redis, until the lease ends (a count never goes down within its
-      window), so a flood over the limit costs Redis one call a second per worker;
-    - a client that stops leaves at most the rest of its last lease counted and
-      unused, and near the end of a limit every request is counted exactly;
+      window but by hits handed back), so a flood over the limit costs Redis one
+      call a second per worker;
     - the client's failure counters are read with each lease, so a client cut off
       for failed authentications, or a Redis that went away, is noticed within
       ``LEASE_SECONDS``. A key guessed right is never served from a lease: it has
       none yet, so its first request reads the failure counters.
 
-    Counter names share one hash tag, so a Redis Cluster keeps them in one slot,
-    where a script may touch them all.
+    One thread at a time takes a client's next lease; others meanwhile count one
+    hit each, so that no lease is taken only to be replaced. Counter names share
+    one hash tag, so a Redis Cluster keeps them in one slot, where a script may
+    touch them all.
     """
 
     LEASE_SECONDS = 1.0
@@ -230,11 +241,24 @@ class RedisCounters:
     SWEEP_EVERY = 5.0
 
     # KEYS: the checked counters, then the counted ones. ARGV[1]: how many are checked;
-    # ARGV[2]: the hits wanted; then each checked counter's amount; then each counted
-    # counter's amount and period in seconds. Returns the hits counted (none when a check
-    # is full), then the count and milliseconds left of each counter looked at.
+    # ARGV[2]: the hits wanted; then each checked counter's amount; then, for each counted
+    # counter, its amount, its period in seconds and the hits handed back to it first.
+    # Returns the hits counted (none when a check is full, or none wanted), then the count
+    # and milliseconds left of each counter looked at.
     SCRIPT = """
 local checks = tonumber(ARGV[1])
+local function arg(i, field)  -- field 0, 1, 2 of counted counter KEYS[i]
+  return tonumber(ARGV[3 * i - 2 * checks + field])
+end
+for i = checks + 1, #KEYS do
+  local back = arg(i, 2)
+  if back > 0 and redis.call("EXISTS", KEYS[i]) == 1 then
+    redis.call("DECRBY", KEYS[i], back)
+  end
+end
+if ARGV[2] == "0" then  -- only handing back
+  return {0}
+end
 local reply = {0}
 for i = 1, checks do
   local count = tonumber(redis.call("GET", KEYS[i]) or "0")
@@ -247,7 +271,7 @@ end
 local grant = tonumber(ARGV[2])
 if grant > 1 then
   for i = checks + 1, #KEYS do
-    local left = tonumber(ARGV[2 * i - checks + 1]) - tonumber(redis.call("GET", KEYS[i]) or "0")
+    local left = arg(i, 0) - tonumber(redis.call("GET", KEYS[i]) or "0")
     grant = math.min(grant, math.floor(left / 16))
   end
   grant = math.max(grant, 1)
@@ -255,11 +279,13 @@ end
 reply[1] = grant
 for i = checks + 1, #KEYS do
   local count = redis.call("INCRBY", KEYS[i], grant)
-  if count == grant then
-    redis.call("EXPIRE", KEYS[i], ARGV[2 * i - checks + 2])
+  local ttl = redis.call("PTTL", KEYS[i])
+  if ttl < 0 then  -- a new window (or a counter that lost its expiry): it starts now
+    redis.call("EXPIRE", KEYS[i], arg(i, 1))
+    ttl = arg(i, 1) * 1000
   end
   table.insert(reply, count)
-  table.insert(reply, redis.call("PTTL", KEYS[i]))
+  table.insert(reply, ttl)
 end
 return reply
 """
@@ -270,6 +296,7 @@ return reply
         self._script = storage.get_connection().register_script(self.SCRIPT)
         self._down = False  # the last call failed: logged once, until one succeeds
         self._leases: dict[tuple[tuple[Check, ...], tuple[Count, ...]], _Lease] = {}
+        self._renewing: set[tuple[tuple[Check, ...], tuple[Count, ...]]] = set()
         self._lock = threading.Lock()
         self._next_sweep = time.time() + self.SWEEP_EVERY
 
@@ -287,34 +314,53 @@ return reply
             lease = self._leases.get(client)
             if lease is not None and (lease.left or lease.over) and now < lease.ends:
                 return lease.spend()
-            wanted = 1 if lease is None else lease.wanted(now, self.LEASE_SECONDS, self.MAX_LEASE)
-        granted, windows = self._run(checks, counts, wanted)
+            renew = client not in self._renewing
+            if not renew or lease is None:  # another thread is taking this client's next lease
+                wanted, back = 1, None
+            else:
+                wanted = lease.wanted(now, self.LEASE_SECONDS, self.MAX_LEASE)
+                back = lease.hand_back(now)
+            if renew:
+                self._renewing.add(client)
+        try:
+            granted, windows = self._run(checks, counts, wanted, back)
+        finally:
+            if renew:
+                with self._lock:
+                    self._renewing.discard(client)
         checked = len(checks)
-        with self._lock:
-            if not granted:  # a failure counter is full: the client is cut off
-                self._leases.pop(client, None)
-                return windows
-            counted = windows[checked:]
-            over = any(
-                count > amount for (count, _), (_, _, amount) in zip(counted, counts, strict=True)
-            )
-            lease = _Lease(now, granted, windows[:checked], counted, self.LEASE_SECONDS, over=over)
-            self._leases[client] = lease
-            if now >= self._next_sweep:
-                self._sweep(now)
-        return lease.checked + [(count + 1, ends) for count, ends in lease.before]
+        counted = windows[checked:]
+        if renew:
+            with self._lock:
+                if not granted:  # a failure counter is full: the client is cut off
+                    self._leases.pop(client, None)
+                    return windows
+                over = any(
+                    count > amount
+                    for (count, _), (_, _, amount) in zip(counted, counts, strict=True)
+                )
+                lease = _Lease(
+                    now, granted, windows[:checked], counted, self.LEASE_SECONDS, over=over
+                )
+                self._leases[client] = lease
+                swept = self._sweep(now) if now >= self._next_sweep else []
+            if swept:
+                self._hand_back(swept)
+        # This request is the first of the hits counted.
+        return windows[:checked] + [(count - granted + 1, ends) for count, ends in counted]
 
     def _run(
-        self, checks: Sequence[Check], counts: Sequence[Count], wanted: int
+        self,
+        checks: Sequence[Check],
+        counts: Sequence[Count],
+        wanted: int,
+        back: Sequence[int] | None = None,
     ) -> tuple[int, list[Window]]:
-        arguments = [len(checks), wanted, *(amount for _, amount in checks)]
-        for _, seconds, amount in counts:
-            arguments += (amount, seconds)
-        names = [name for name, _ in checks] + [name for name, _, _ in counts]
+        sent = time.time()  # windows end no later than this plus what Redis says is left
         try:
-            granted, *reply = self._script(keys=names, args=arguments)
+            granted, *reply = self._call(checks, counts, wanted, back)
         except self._errors as error:
-            with self._lock:  # nothing is served from a lease until Redis is back
+            with self._lock:  # leases taken before the outage are dropped
                 self._leases.clear()
             if not self._down:
                 log.error(
@@ -327,18 +373,45 @@ return reply
         if self._down:
             log.warning("rate-limit storage is back")
             self._down = False
-        now = time.time()
         return int(granted), [
-            (int(count), now + max(int(left), 0) / 1000)
+            (int(count), sent + max(int(left), 0) / 1000)
             for count, left in zip(reply[::2], reply[1::2], strict=True)
         ]
 
-    def _sweep(self, now: float) -> None:
-        idle = 2 * self.LEASE_SECONDS  # a lease this old no longer sizes the next one
-        self._leases = {
-            client: lease for client, lease in self._leases.items() if now - lease.taken < idle
-        }
+    def _sweep(self, now: float) -> list[tuple[tuple[Count, ...], list[int]]]:
+        """Drop the leases that no longer size the next ones; return what they hand back."""
+        idle = 2 * self.LEASE_SECONDS
+        kept, swept = {}, []
+        for client, lease in self._leases.items():
+            if now - lease.taken < idle:
+                kept[client] = lease
+            elif lease.left:
+                swept.append((client[1], lease.hand_back(now)))
+        self._leases = kept
         self._next_sweep = now + self.SWEEP_EVERY
+        return swept
+
+    def _hand_back(self, swept: Sequence[tuple[tuple[Count, ...], list[int]]]) -> None:
+        """Hand back what swept leases did not serve, in one call that counts nothing."""
+        counts = [count for counted, _ in swept for count in counted]
+        back = [returned for _, handed in swept for returned in handed]
+        try:
+            self._call((), counts, 0, back)
+        except self._errors as error:  # those hits stay counted, as if served
+            log.debug("rate-limit storage: hits not handed back: %s", type(error).__name__)
+
+    def _call(
+        self,
+        checks: Sequence[Check],
+        counts: Sequence[Count],
+        wanted: int,
+        back: Sequence[int] | None,
+    ) -> list[int]:
+        arguments = [len(checks), wanted, *(amount for _, amount in checks)]
+        for (_, seconds, amount), returned in zip(counts, back or [0] * len(counts), strict=True):
+            arguments += (amount, seconds, returned)
+        names = [name for name, _ in checks] + [name for name, _, _ in counts]
+        return self._script(keys=names, args=arguments)
 
 
 class RateLimiter:
