@@ -315,7 +315,7 @@ return reply
             if lease is not None and (lease.left or lease.over) and now < lease.ends:
                 return lease.spend()
             renew = client not in self._renewing
-            if not renew or lease is None:  # another thread is taking this client's next lease
+            if not renew or lease is None:  # a first lease, or another thread takes the next
                 wanted, back = 1, None
             else:
                 wanted = lease.wanted(now, self.LEASE_SECONDS, self.MAX_LEASE)
