@@ -323,6 +323,12 @@ def package(default_project, monkeypatch) -> ModuleType:
     return importlib.import_module(default_project.package)
 
 
+@pytest.fixture
+def ratelimit(package) -> ModuleType:
+    """The default project's ratelimit.py: its counters, for tests against Redis alone."""
+    return importlib.import_module(f"{package.__name__}.ratelimit")
+
+
 def random_part(keys: ModuleType, key: str) -> str:
     start = len(keys.KEY_PREFIX) + 1
     return key[start : start + keys.RANDOM_LENGTH]
@@ -616,9 +622,8 @@ def test_a_redis_cluster_or_sentinel_holds_the_counters_too(
     assert len(names) == 2 and all(name.startswith(tag) for name in names), names
 
 
-def test_the_redis_script_counts_as_the_memory_counters_do(package, redis_server):
+def test_the_redis_script_counts_as_the_memory_counters_do(ratelimit, redis_server):
     """The Lua script and ProcessCounters give the same windows for the same calls."""
-    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
     memory, shared = ratelimit.ProcessCounters(), ratelimit.RedisCounters(redis_server.url)
     calls = [
         ((), [("guesses", 60, 3)]),  # a new window: count 1
@@ -643,10 +648,9 @@ def script_calls(redis_server: RedisServer) -> int:
     return sum(command.startswith((b"EVAL", b"EVALSHA")) for command in redis_server.commands())
 
 
-def test_leases_never_let_two_workers_exceed_a_limit(package, redis_server):
+def test_leases_never_let_two_workers_exceed_a_limit(ratelimit, redis_server):
     """Two workers' counters take leases for one busy client of a 100-hit limit, in turns of
     uneven bursts: together they admit exactly hits 1 to 100 (each once), then refuse."""
-    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
     workers = [ratelimit.RedisCounters(redis_server.url) for _ in range(2)]
     for counters in workers:
         counters.LEASE_SECONDS = 3600  # no lease ends by age while the test runs
@@ -670,10 +674,9 @@ def test_leases_never_let_two_workers_exceed_a_limit(package, redis_server):
     assert script_calls(redis_server) < 100
 
 
-def test_a_busy_client_needs_few_round_trips(package, redis_server):
+def test_a_busy_client_needs_few_round_trips(ratelimit, redis_server):
     """500 requests of one client with a key far from its limit: about a dozen round trips,
     and the windows still count the hits one by one."""
-    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
     counters = ratelimit.RedisCounters(redis_server.url)
     counters.LEASE_SECONDS = 3600
     checks, counts = (("failures", 5),), (("key", 3600, 1_000_000), ("key-daily", 86400, 10**7))
@@ -689,10 +692,9 @@ def test_a_busy_client_needs_few_round_trips(package, redis_server):
     assert int(redis_server.client.get("key-daily")) == counted
 
 
-def test_a_lease_rechecks_its_client_within_its_period(package, redis_server):
+def test_a_lease_rechecks_its_client_within_its_period(ratelimit, redis_server):
     """A client cut off on another worker is refused here once its lease's period ends;
     a Redis that went away, from the first request that needs it."""
-    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
     counters = ratelimit.RedisCounters(redis_server.url)
     counters.LEASE_SECONDS = 0.5
     checks, counts = (("failures", 5),), (("key", 3600, 1000),)
@@ -716,10 +718,9 @@ def test_a_lease_rechecks_its_client_within_its_period(package, redis_server):
         counters.take(checks, counts)
 
 
-def test_old_leases_are_swept_and_hand_back_what_they_did_not_serve(package, redis_server):
+def test_old_leases_are_swept_and_hand_back_what_they_did_not_serve(ratelimit, redis_server):
     """A worker keeps leases of the last few seconds' clients only, however many came, and
     the hits a swept lease did not serve are counted no more."""
-    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
     counters = ratelimit.RedisCounters(redis_server.url)
     counters.LEASE_SECONDS = 0.05
     counts = (("key", 3600, 1000),)
@@ -735,10 +736,9 @@ def test_old_leases_are_swept_and_hand_back_what_they_did_not_serve(package, red
     assert int(redis_server.client.get("key")) == 100 + 1  # served, and the new one
 
 
-def test_a_client_in_bursts_gets_its_whole_limit(package, redis_server):
+def test_a_client_in_bursts_gets_its_whole_limit(ratelimit, redis_server):
     """Bursts of 13 requests, each after a pause of two lease periods: every lease's unserved
     hits are handed back with the next one, so the client gets exactly its 300."""
-    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
     counters = ratelimit.RedisCounters(redis_server.url)
     counters.LEASE_SECONDS = 0.05
     checks, counts = (("failures", 5),), (("key", 3600, 300),)
@@ -757,10 +757,9 @@ def test_a_client_in_bursts_gets_its_whole_limit(package, redis_server):
     assert int(redis_server.client.get("key")) == 301  # and the one refused
 
 
-def test_threads_of_one_worker_take_one_lease_at_a_time(package, redis_server):
+def test_threads_of_one_worker_take_one_lease_at_a_time(ratelimit, redis_server):
     """Eight threads of one worker (gthread) serve one busy client: while one takes the next
     lease the others count a hit each, so no lease is replaced before it is spent."""
-    ratelimit = importlib.import_module(f"{package.__name__}.ratelimit")
     counters = ratelimit.RedisCounters(redis_server.url)
     counters.LEASE_SECONDS = 3600
     checks, counts = (("failures", 5),), (("key", 3600, 10**6),)
