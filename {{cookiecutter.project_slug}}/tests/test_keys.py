@@ -1,5 +1,7 @@
 """The key format, hashing and the key ring: keys.py, which needs no Flask."""
 
+import hashlib
+import importlib.util
 import math
 import string
 from datetime import UTC, datetime, timedelta
@@ -77,6 +79,19 @@ def test_hash_entry_and_fingerprint():
     assert keys.hashed_entry(key) == "sha256:" + digest
     assert keys.fingerprint(key) == digest[:12]
     assert keys.hash_key(keys.generate_key()) != digest
+
+
+def test_hash_key_is_the_sha256_of_any_presented_value():
+    for value in (keys.generate_key(), "", "changeme", "ключ", "\ud800 lone surrogate"):
+        expected = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        assert keys.hash_key(value) == expected
+
+
+def test_hash_key_uses_cpythons_own_sha256_where_the_build_has_one():
+    # A misspelt module name would fall back to hashlib's silently, and cost every request.
+    if not (importlib.util.find_spec("_sha2") or importlib.util.find_spec("_sha256")):
+        pytest.skip("this Python was built without its own SHA-256")
+    assert keys._sha256 is not hashlib.sha256
 
 
 def test_fingerprint_of_any_presented_value_is_12_hex():
