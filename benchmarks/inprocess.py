@@ -221,7 +221,8 @@ def without_rate_limit_headers(ratelimit: Any) -> Callable[[], contextlib.Abstra
     """
 
     def admit(app, request, record):
-        app.extensions["rate_limiter"].admit(request.remote_addr or "-", record)
+        app.extensions["rate_limiter"].admit(request, record)
+        del request.environ[ratelimit.HEADERS_ENVIRON_KEY]
 
     @contextlib.contextmanager
     def patched():

@@ -5,6 +5,7 @@ These use memory:// storage; the template's own tests run the same against a rea
 shared by several gunicorn workers.
 """
 
+import dataclasses
 import socket
 import time
 
@@ -12,7 +13,12 @@ import pytest
 
 from {{ cookiecutter.package_name }} import ConfigError, create_app, keys
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
-from {{ cookiecutter.package_name }}.ratelimit import ProcessCounters, _Lease
+from {{ cookiecutter.package_name }}.ratelimit import (
+    HEADERS_ENVIRON_KEY,
+    ProcessCounters,
+    RateLimiter,
+    _Lease,
+)
 
 HTTPS = "https://localhost"
 ATTACKER = {"REMOTE_ADDR": "203.0.113.7"}
@@ -218,6 +224,36 @@ def test_a_window_ends_and_counting_starts_again(make_app, key):
     assert whoami(client, key).status_code == 429
     time.sleep(max(0.0, int(first.headers["X-RateLimit-Reset"]) - time.time()) + 0.05)
     assert whoami(client, key).status_code == 200
+
+
+def admit_headers(app, limiter, record, ip="192.0.2.1"):
+    """What RateLimiter.admit leaves for the response of a request from ``ip``."""
+    with app.test_request_context(environ_base={"REMOTE_ADDR": ip}) as context:
+        limiter.admit(context.request, record)
+        return dict(context.request.environ[HEADERS_ENVIRON_KEY])
+
+
+def test_counter_names_are_kept_for_a_bounded_number_of_clients(make_app):
+    app = make_app()
+    limiter = RateLimiter("memory://", "100/hour", "5/minute")
+    limiter.NAMES_KEPT = 3
+    record = keys.KeyRecord("partner", "0123456789ab")
+    for client in range(10):
+        assert admit_headers(app, limiter, record, f"192.0.2.{client}")["X-RateLimit-Remaining"]
+        assert len(limiter._names) <= 3
+    # Names made again count on the same counter.
+    assert admit_headers(app, limiter, record, "192.0.2.0")["X-RateLimit-Remaining"] == "89"
+
+
+def test_a_key_whose_limit_changes_is_counted_by_its_new_limit(make_app):
+    app = make_app()
+    limiter = RateLimiter("memory://", "100/hour", "5/minute")
+    record = keys.KeyRecord("partner", "0123456789ab", rate_limit="2/hour")
+    assert admit_headers(app, limiter, record)["X-RateLimit-Limit"] == "2"
+    changed = dataclasses.replace(record, rate_limit="5/hour")  # as a registry reload does
+    assert admit_headers(app, limiter, changed)["X-RateLimit-Limit"] == "5"
+    unset = admit_headers(app, limiter, dataclasses.replace(record, rate_limit=None))
+    assert (unset["X-RateLimit-Limit"], unset["X-RateLimit-Remaining"]) == ("100", "99")
 
 
 def test_memory_counters_forget_ended_windows():

@@ -77,19 +77,8 @@ Check = tuple[str, int]
 Count = tuple[str, int, int]
 # What a counter read: (count, end of its window in epoch seconds).
 Window = tuple[int, float]
-
-
-# Counter names are made once per key and per client, not on each request (a key's limits
-# and a client's failure counters are the same every time), and kept for the busiest ones.
-@functools.lru_cache(maxsize=4096)
-def _key_counters(
-    prefix: str, fingerprint: str, limits: str
-) -> tuple[tuple[Limit, ...], tuple[Count, ...]]:
-    """A key's limits, and the counter that counts each one."""
-    parsed = parse_limits(limits)
-    return parsed, tuple(
-        (f"{prefix}{fingerprint}:{limit.label}", limit.seconds, limit.amount) for limit in parsed
-    )
+# A key's limits, a client's failure counters to read, and the key's counters to count.
+Names = tuple[tuple[Limit, ...], tuple[Check, ...], tuple[Count, ...]]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -127,19 +116,24 @@ class ProcessCounters:
         hit on each of the counts. Returns the windows read, in that order.
         """
         now = time.time()
+        stored = self._windows
         windows = []
         self._lock.acquire()  # rather than `with`: half the cost, on every keyed request
         try:
             for counter, amount in checks:
-                count, ends = self._windows.get(counter, (0, now))
-                window = (count, ends) if ends > now else (0, now)
+                window = stored.get(counter)
+                if window is None or window[1] <= now:  # never hit, or its window ended
+                    window = (0, now)
                 windows.append(window)
                 if window[0] >= amount:
                     return windows
             for counter, seconds, _ in counts:
-                count, ends = self._windows.get(counter, (0, now))
-                window = (count + 1, ends) if ends > now else (1, now + seconds)
-                self._windows[counter] = window
+                window = stored.get(counter)
+                if window is None or window[1] <= now:
+                    window = (1, now + seconds)
+                else:
+                    window = (window[0] + 1, window[1])
+                stored[counter] = window
                 windows.append(window)
             if now >= self._next_sweep:
                 self._sweep(now)
@@ -423,6 +417,10 @@ class RateLimiter:
     /health and the public routes still answer.
     """
 
+    # Counter names are kept for this many pairs of client and key at most; past that they
+    # are all made again, so memory stays bounded however many addresses come.
+    NAMES_KEPT = 4096
+
     def __init__(self, storage_uri: str, default_limit: str, failure_limit: str) -> None:
         if storage_uri.startswith("memory"):
             self._counters: ProcessCounters | RedisCounters = ProcessCounters()
@@ -434,20 +432,23 @@ class RateLimiter:
         namespace = "{" + __name__.partition(".")[0] + "}"
         self._keys = namespace + ":key:"
         self._failed = namespace + ":auth-failures:"
+        self._names: dict[tuple[str, str, str | None], Names] = {}
 
-    def admit(self, ip: str, record: KeyRecord) -> list[tuple[str, str]]:
+    def admit(self, request: Request, record: KeyRecord) -> None:
         """Count a request made with a valid key, or refuse it: its client is cut off
-        for guessing, or the key's limit is spent. Returns the rate-limit headers.
+        for guessing, or the key's limit is spent. The rate-limit headers are left in
+        the WSGI environ, for RateLimitedResponse.
         """
-        limits, counts = _key_counters(
-            self._keys, record.fingerprint, record.rate_limit or self._default
-        )
-        checks, _ = _failure_counters(self._failed, ip, self._failures)
+        ip = request.remote_addr or "-"
+        names = self._names.get((ip, record.fingerprint, record.rate_limit))
+        if names is None:
+            names = self._name_counters(ip, record)
+        limits, checks, counts = names
         windows = self._counters.take(checks, counts)
-        if len(windows) <= len(checks):  # the reads stopped at a full failure counter
+        first = len(checks)
+        if len(windows) <= first:  # the reads stopped at a full failure counter
             self._refuse_if_cut_off(windows)
         # The limit closest to running out is the one reported, and refuses once spent.
-        first = len(checks)
         limit, window = limits[0], windows[first]
         if len(limits) > 1:
             for other, other_window in zip(limits[1:], windows[first + 1 :], strict=True):
@@ -455,7 +456,21 @@ class RateLimiter:
                     limit, window = other, other_window
         if window[0] > limit.amount:
             raise _refusal(limit, window)
-        return _headers(limit, window)
+        request.environ[HEADERS_ENVIRON_KEY] = _headers(limit, window)
+
+    def _name_counters(self, ip: str, record: KeyRecord) -> Names:
+        """The key's limits, the client's failure counters to read and the key's counters
+        to count: made once per client and key, as they are the same on every request."""
+        if len(self._names) >= self.NAMES_KEPT:
+            self._names.clear()
+        limits = parse_limits(record.rate_limit or self._default)
+        counts = tuple(
+            (f"{self._keys}{record.fingerprint}:{limit.label}", limit.seconds, limit.amount)
+            for limit in limits
+        )
+        checks, _ = _failure_counters(self._failed, ip, self._failures)
+        names = self._names[(ip, record.fingerprint, record.rate_limit)] = limits, checks, counts
+        return names
 
     def refuse_if_blocked(self, ip: str, *, guess: bool) -> None:
         """Refuse a client cut off for guessing, counting this request first if it is a
@@ -478,10 +493,11 @@ class RateLimiter:
 
 def _headers(limit: Limit, window: Window) -> list[tuple[str, str]]:
     """The rate-limit headers clients know from GitHub and Flask-Limiter."""
+    amount, (count, ends) = limit.amount, window
     return [
-        ("X-RateLimit-Limit", str(limit.amount)),
-        ("X-RateLimit-Remaining", str(limit.amount - window[0] if window[0] < limit.amount else 0)),
-        ("X-RateLimit-Reset", str(math.ceil(window[1]))),
+        ("X-RateLimit-Limit", str(amount)),
+        ("X-RateLimit-Remaining", str(amount - count if count < amount else 0)),
+        ("X-RateLimit-Reset", str(math.ceil(ends))),
     ]
 
 
@@ -521,8 +537,7 @@ def admit(app: Flask, request: Request, record: KeyRecord) -> None:
 
     The rate-limit headers go on whatever the view answers (RateLimitedResponse).
     """
-    limiter: RateLimiter = app.extensions["rate_limiter"]
-    request.environ[HEADERS_ENVIRON_KEY] = limiter.admit(request.remote_addr or "-", record)
+    app.extensions["rate_limiter"].admit(request, record)
 
 
 def refuse_if_blocked(app: Flask, ip: str | None, *, guess: bool) -> None:
