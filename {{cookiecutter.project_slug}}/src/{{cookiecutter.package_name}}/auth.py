@@ -60,8 +60,8 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
 
     Anything else raises the APIError that explains why the request is refused.
     """
-    # Each attribute read through Flask's context proxies costs about a microsecond, and
-    # this runs on every keyed request: look the app and the request up once.
+    # Each attribute read or write through Flask's context proxies costs about a
+    # microsecond, and this runs on every keyed request: go through each proxy once.
     app, req = current_app._get_current_object(), request._get_current_object()
     presented = req.presented_key
     if not presented:
@@ -84,7 +84,7 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
     missing = required and sorted(scope for scope in required if not record.has_scope(scope))
     if missing:
         _refuse(InsufficientScope(f"The API key lacks the scope {', '.join(missing)}."), presented)
-    g.api_key = record  # for the view, and for the access line
+    g._get_current_object().api_key = record  # g.api_key, for the view and the access line
 {%- if cookiecutter.use_rate_limiting %}
     # Count the request against the key's limit (denial of service, runaway clients); a
     # refusal still names the key in the access line, as g.api_key is set.
