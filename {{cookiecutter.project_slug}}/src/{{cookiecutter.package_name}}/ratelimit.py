@@ -440,9 +440,10 @@ class RateLimiter:
         the WSGI environ, for RateLimitedResponse.
         """
         ip = request.remote_addr or "-"
-        names = self._names.get((ip, record.fingerprint, record.rate_limit))
+        client = (ip, record.fingerprint, record.rate_limit)
+        names = self._names.get(client)
         if names is None:
-            names = self._name_counters(ip, record)
+            names = self._name_counters(client, record)
         limits, checks, counts = names
         windows = self._counters.take(checks, counts)
         first = len(checks)
@@ -458,9 +459,10 @@ class RateLimiter:
             raise _refusal(limit, window)
         request.environ[HEADERS_ENVIRON_KEY] = _headers(limit, window)
 
-    def _name_counters(self, ip: str, record: KeyRecord) -> Names:
+    def _name_counters(self, client: tuple[str, str, str | None], record: KeyRecord) -> Names:
         """The key's limits, the client's failure counters to read and the key's counters
-        to count: made once per client and key, as they are the same on every request."""
+        to count: made once per ``(ip, fingerprint, limits)``, as they are the same on
+        every request."""
         if len(self._names) >= self.NAMES_KEPT:
             self._names.clear()
         limits = parse_limits(record.rate_limit or self._default)
@@ -468,8 +470,8 @@ class RateLimiter:
             (f"{self._keys}{record.fingerprint}:{limit.label}", limit.seconds, limit.amount)
             for limit in limits
         )
-        checks, _ = _failure_counters(self._failed, ip, self._failures)
-        names = self._names[(ip, record.fingerprint, record.rate_limit)] = limits, checks, counts
+        checks, _ = _failure_counters(self._failed, client[0], self._failures)
+        names = self._names[client] = limits, checks, counts
         return names
 
     def refuse_if_blocked(self, ip: str, *, guess: bool) -> None:
