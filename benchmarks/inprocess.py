@@ -233,23 +233,24 @@ def ratio_to(times: dict[str, list[float]], name: str, baseline: str) -> float:
 
 
 def without_rate_limit_headers(ratelimit: Any) -> Callable[[], contextlib.AbstractContextManager]:
-    """The project's ratelimit.admit, counting as usual but sending no X-RateLimit-* headers.
+    """The project's RateLimiter.admit, counting as usual but sending no X-RateLimit-* headers.
 
     For a reference row only: it tells what the three headers cost apart from counting.
     """
+    limiter_class = ratelimit.RateLimiter
+    original = limiter_class.admit
 
-    def admit(app, request, record):
-        app.extensions["rate_limiter"].admit(request, record)
+    def admit(self, request, record):
+        original(self, request, record)
         del request.environ[ratelimit.HEADERS_ENVIRON_KEY]
 
     @contextlib.contextmanager
     def patched():
-        original = ratelimit.admit
-        ratelimit.admit = admit
+        limiter_class.admit = admit
         try:
             yield
         finally:
-            ratelimit.admit = original
+            limiter_class.admit = original
 
     return patched
 

@@ -10,9 +10,6 @@ from typing import Any, NoReturn
 
 from flask import after_this_request, current_app, g, request
 
-{% if cookiecutter.use_rate_limiting -%}
-from . import ratelimit
-{% endif -%}
 from .errors import (
     APIError,
     ExpiredAPIKey,
@@ -75,11 +72,13 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
         _announce_expiry(record)
         if record.is_expired(datetime.now(UTC)):
             _refuse(ExpiredAPIKey(), presented)
-    # A stolen key is useless outside its allowlists (credential theft). Most keys have
-    # none, and this runs on every keyed request: an empty one costs no call.
-    for allowlist in (app.config["API_ALLOWED_IPS"], record.allowed_ips):
-        if allowlist and not client_ip_allowed(req.remote_addr, allowlist):
-            _refuse(IPNotAllowed(), presented)
+    # A stolen key is useless outside its allowlists (credential theft). Most servers and
+    # keys have none, and this runs on every keyed request: then it costs one test.
+    server_wide = app.config["API_ALLOWED_IPS"]
+    if server_wide or record.allowed_ips:
+        for allowlist in (server_wide, record.allowed_ips):
+            if allowlist and not client_ip_allowed(req.remote_addr, allowlist):
+                _refuse(IPNotAllowed(), presented)
     # Least privilege: a key does only what its scopes say (privilege escalation).
     missing = required and sorted(scope for scope in required if not record.has_scope(scope))
     if missing:
@@ -88,7 +87,7 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
 {%- if cookiecutter.use_rate_limiting %}
     # Count the request against the key's limit (denial of service, runaway clients); a
     # refusal still names the key in the access line, as g.api_key is set.
-    ratelimit.admit(app, req, record)
+    app.extensions["rate_limiter"].admit(req, record)
 {%- endif %}
     return record
 
@@ -118,7 +117,8 @@ def _refuse(error: APIError, presented: str, reason: str | None = None) -> NoRet
 {%- if cookiecutter.use_rate_limiting %}
     # A client that failed too often gets 429 whatever it sends, a right key included, so
     # a brute-force run learns nothing more (and floods no log); a 401 counts as a guess.
-    ratelimit.refuse_if_blocked(current_app, request.remote_addr, guess=error.status == 401)
+    limiter = current_app.extensions["rate_limiter"]
+    limiter.refuse_if_blocked(request.remote_addr or "-", guess=error.status == 401)
 {%- endif %}
     # Log who tried and why, by fingerprint: the raw key never reaches a log (credential leak).
     reason = reason or error.code

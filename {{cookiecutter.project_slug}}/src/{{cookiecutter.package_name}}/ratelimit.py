@@ -1,15 +1,17 @@
 """Rate limits: each key's own limit, and a cap on failed authentications per client IP.
 
 Limits use the `limits` library's notation (``60/minute``, as in Flask-Limiter)
-and its storage URIs. The key check calls :func:`admit` once it knows the key
-and :func:`refuse_if_blocked` when it refuses one, so routes without a key pay
-nothing. ``memory://`` counts in each process (ProcessCounters), one atomic
-call per request; ``redis://`` counts in a Redis shared by every worker and
-host (RedisCounters), in a Lua script run atomically, and a busy client's
-requests are counted there a lease at a time, so that most of them need no
-round trip. Counters are named by the key's fingerprint, never by the key
-itself (credential leak). The headers that report a key's limit are appended
-as the response is sent (RateLimitedResponse), the cheapest place Flask offers.
+and its storage URIs. The key check calls the app's limiter,
+``app.extensions["rate_limiter"]``: :meth:`RateLimiter.admit` once it knows the
+key and :meth:`RateLimiter.refuse_if_blocked` when it refuses one, so routes
+without a key pay nothing. ``memory://`` counts in each process
+(ProcessCounters), one atomic call per request; ``redis://`` counts in a Redis
+shared by every worker and host (RedisCounters), in a Lua script run
+atomically, and a busy client's requests are counted there a lease at a time,
+so that most of them need no round trip. Counters are named by the key's
+fingerprint, never by the key itself (credential leak). The headers that
+report a key's limit are appended as the response is sent
+(RateLimitedResponse), the cheapest place Flask offers.
 
 Windows are fixed: a counter's window starts with its first hit and lasts the
 limit's period, as in the `limits` library's fixed-window strategy.
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 # How long a client is told to wait while the storage is unreachable.
 STORAGE_RETRY_AFTER = "5"
-# Where admit() leaves a keyed request's rate-limit headers for its response: the WSGI environ.
+# Where RateLimiter.admit leaves a keyed request's rate-limit headers: the WSGI environ.
 HEADERS_ENVIRON_KEY = f"{__name__}.headers"
 
 
@@ -510,7 +512,7 @@ def _refusal(limit: Limit, window: Window) -> RateLimited:
 
 
 class RateLimitedResponse(Response):
-    """Flask's response, plus the rate-limit headers that :func:`admit` left for it.
+    """Flask's response, plus the rate-limit headers that :meth:`RateLimiter.admit` left for it.
 
     They are appended as the response is sent: after every after_request hook, to
     whatever the view answered, errors included. Werkzeug validates, copies and
@@ -532,17 +534,3 @@ def init_app(app: Flask) -> None:
         app.config["RATELIMIT_DEFAULT"],
         app.config["AUTH_FAILURE_LIMIT"],
     )
-
-
-def admit(app: Flask, request: Request, record: KeyRecord) -> None:
-    """Count this request against its key's limit, or raise RateLimited (429).
-
-    The rate-limit headers go on whatever the view answers (RateLimitedResponse).
-    """
-    app.extensions["rate_limiter"].admit(request, record)
-
-
-def refuse_if_blocked(app: Flask, ip: str | None, *, guess: bool) -> None:
-    """Raise RateLimited if this client is cut off for failed authentications."""
-    limiter: RateLimiter = app.extensions["rate_limiter"]
-    limiter.refuse_if_blocked(ip or "-", guess=guess)

@@ -410,7 +410,11 @@ class KeyStore:
         return self._ring
 
     def lookup(self, presented: str) -> KeyRecord | None:
-        return self.ring.lookup(presented)
+        """The record of a presented key, as :meth:`KeyRing.lookup` of the current ring."""
+        # As ``self.ring.lookup``, less a call: the key check runs this on every request.
+        if time.monotonic() - self._checked >= self._interval:
+            self._refresh()
+        return self._ring.lookup(presented)
 
     def usable_count(self, now: datetime) -> int:
         """How many keys could authenticate now (not revoked, not expired)."""
