@@ -37,7 +37,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="print where the secured route's time goes (cProfile)",
     )
-    parser.add_argument("--rounds", type=int, help="in-process rounds (default 80, quick 4)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help="fresh processes for the in-process auth rows (default 3, quick 1)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="in-process rounds, in each process (default 60, quick 4)"
+    )
     parser.add_argument(
         "--batch", type=int, help="requests per variant per round (default 200, quick 30)"
     )
@@ -53,7 +60,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     quick = arguments.quick
     defaults = {
-        "rounds": 4 if quick else 80,
+        "processes": 1 if quick else 3,
+        "rounds": 4 if quick else 60,
         "batch": 30 if quick else 200,
         "samples": 2_000 if quick else 30_000,
         "duration": 1 if quick else 3,
@@ -97,11 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             limited = bakes.bake(work, bakes.LIMITED, "limited")
             plain = bakes.bake(work, bakes.PLAIN, "plain")
 
-        progress(f"auth overhead: {arguments.rounds} rounds x {arguments.batch} requests")
-        apps = inprocess.build_apps(limited, plain, work)
-        rows += inprocess.auth_overhead(apps, arguments.rounds, arguments.batch)
+        progress(
+            f"auth overhead: {arguments.processes} process(es) x {arguments.rounds} rounds x "
+            f"{arguments.batch} requests"
+        )
+        rows += inprocess.auth_overhead(
+            limited, plain, work, arguments.rounds, arguments.batch, arguments.processes
+        )
         profile = (
-            inprocess.profile_secured(apps, limited.package_name, 3000)
+            inprocess.profile_secured(
+                inprocess.build_apps(limited, plain, work), limited.package_name, 3000
+            )
             if arguments.profile
             else None
         )
@@ -133,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"In-process: create_app() in production, {arguments.rounds} rounds x "
         f"{arguments.batch} requests per variant, shuffled each round; ratios are medians of "
-        "per-round ratios, times are medians. LOG_LEVEL=WARNING there, so the per-request "
+        "per-round ratios, times are medians; the auth rows take the median over "
+        f"{arguments.processes} fresh process(es), each with its own rounds, and show the "
+        "range over them. LOG_LEVEL=WARNING there, so the per-request "
         f"access log does not swamp the comparison. Rate limits are "
         f"{inprocess.HUGE_LIMIT}: every request is counted, none refused."
     )
