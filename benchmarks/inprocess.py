@@ -396,24 +396,24 @@ def auth_overhead(
     version = runs[0][1]
     section = "auth"
 
-    def ratio_of(name: str, baseline: str) -> float:
-        return median([ratio_to(times, name, baseline) for times in every_times])
+    def per_process(name: str, baseline: str) -> list[float]:
+        """Each process's median per-round ratio, smallest first."""
+        return sorted(ratio_to(times, name, baseline) for times in every_times)
+
+    def typical_time(name: str) -> str:
+        return us(median([median(times[name]) for times in every_times]))
 
     def compared(name: str, baseline: str) -> str:
-        per_process = sorted(ratio_to(times, name, baseline) for times in every_times)
+        ratios = per_process(name, baseline)
         spread = (
-            f"; {ratio(per_process[0])} to {ratio(per_process[-1])} over {processes} processes"
+            f"; {ratio(ratios[0])} to {ratio(ratios[-1])} over {processes} processes"
             if processes > 1
             else ""
         )
-        return (
-            f"{ratio(median(per_process))} "
-            f"({us(median([median(times[name]) for times in every_times]))} vs "
-            f"{us(median([median(times[baseline]) for times in every_times]))}{spread})"
-        )
+        return f"{ratio(median(ratios))} ({typical_time(name)} vs {typical_time(baseline)}{spread})"
 
-    key_check = ratio_of("plain secured", "plain open")
-    secured = ratio_of("secured", "open")
+    key_check = median(per_process("plain secured", "plain open"))
+    secured = median(per_process("secured", "open"))
     return [
         Row(
             section,
