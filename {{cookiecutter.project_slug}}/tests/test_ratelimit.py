@@ -10,14 +10,18 @@ import socket
 import time
 
 import pytest
+from flask import g
+from limits import RateLimitItemPerHour, RateLimitItemPerSecond
 
 from {{ cookiecutter.package_name }} import ConfigError, create_app, keys
+from {{ cookiecutter.package_name }}.auth import require_api_key
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
 from {{ cookiecutter.package_name }}.ratelimit import (
-    HEADERS_ENVIRON_KEY,
-    ProcessCounters,
+    Counter,
+    MemoryStorage,
     RateLimiter,
-    _Lease,
+    client_network,
+    rate_limit,
 )
 
 HTTPS = "https://localhost"
@@ -87,7 +91,7 @@ def test_credential_leak_counters_are_keyed_by_fingerprint_not_key(make_app, key
     client = app.test_client()
     whoami(client, key)
     whoami(client, keys.generate_key(), environ_base=ATTACKER)
-    counters = list(app.extensions["rate_limiter"]._counters._windows)
+    counters = list(app.extensions["rate_limiter"].storage._windows)
     assert any(keys.fingerprint(key) in counter for counter in counters)
     assert not any(key in counter or key[-20:] in counter for counter in counters)
 
@@ -226,87 +230,113 @@ def test_a_window_ends_and_counting_starts_again(make_app, key):
     assert whoami(client, key).status_code == 200
 
 
-def admit_headers(app, limiter, record, ip="192.0.2.1"):
-    """What RateLimiter.admit leaves for the response of a request from ``ip``."""
-    with app.test_request_context(environ_base={"REMOTE_ADDR": ip}) as context:
-        limiter.admit(context.request, record)
-        return dict(context.request.environ[HEADERS_ENVIRON_KEY])
+def test_refusals_of_a_valid_key_count_against_its_limit(make_app, issue_key):
+    """A key looping on 403 (missing scope, wrong address) is limited like any other."""
+    app = make_app(RATELIMIT_DEFAULT="3/hour")
+    reader = issue_key(app, name="reader", scopes=frozenset({"items:read"}))
+    client = app.test_client()
+    answers = [
+        client.post("/v1/items", json={"name": "x"}, headers={API_KEY_HEADER: reader})
+        for _ in range(4)
+    ]
+    assert [r.status_code for r in answers] == [403, 403, 403, 429]
+    assert refused(answers[-1], 429, "rate_limited")
 
 
-def test_counter_names_are_kept_for_a_bounded_number_of_clients(make_app):
+def test_log_flooding_repeated_refusals_are_logged_once(make_app, issue_key, logs):
     app = make_app()
-    limiter = RateLimiter("memory://", "100/hour", "5/minute")
-    limiter.NAMES_KEPT = 3
-    record = keys.KeyRecord("partner", "0123456789ab")
-    for client in range(10):
-        assert admit_headers(app, limiter, record, f"192.0.2.{client}")["X-RateLimit-Remaining"]
-        assert len(limiter._names) <= 3
-    # Names made again count on the same counter.
-    assert admit_headers(app, limiter, record, "192.0.2.0")["X-RateLimit-Remaining"] == "89"
+    reader = issue_key(app, name="reader", scopes=frozenset({"items:read"}))
+    client = app.test_client()
+    for _ in range(20):
+        client.post("/v1/items", json={"name": "x"}, headers={API_KEY_HEADER: reader})
+    warnings = [line for line in logs.lines if "authentication failed" in line]
+    assert len(warnings) == 1
+    assert "insufficient_scope" in warnings[0]
 
 
-def test_a_key_whose_limit_changes_is_counted_by_its_new_limit(make_app):
-    app = make_app()
+def protected_route_with_its_own_limit(app, limit):
+    """Add GET /reports, limited to ``limit`` per key on top of the key's own limit."""
+
+    @require_api_key
+    @rate_limit(limit)
+    def reports():
+        return {"key": g.api_key.name}
+
+    app.add_url_rule("/reports", view_func=reports)
+
+
+def test_a_route_can_have_its_own_tighter_limit_per_key(make_app, key, issue_key):
+    app = make_app(RATELIMIT_DEFAULT="100/hour")
+    protected_route_with_its_own_limit(app, "2/hour")
+    other = issue_key(app, name="other")
+    client = app.test_client()
+    answers = [client.get("/reports", headers={API_KEY_HEADER: key}) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert [r.headers["X-RateLimit-Limit"] for r in answers] == ["2", "2", "2"]
+    # Counted per key and route: another key, or another route, is not held back.
+    assert client.get("/reports", headers={API_KEY_HEADER: other}).status_code == 200
+    assert whoami(client, key).headers["X-RateLimit-Remaining"] == "96"
+
+
+def test_a_route_limit_with_a_typo_fails_at_import_time():
+    with pytest.raises(ValueError):
+        rate_limit("10 per fortnight")
+
+
+def test_brute_force_from_one_ipv6_connection_is_counted_per_64(make_app, key):
+    client = make_app(AUTH_FAILURE_LIMIT="3/hour").test_client()
+    addresses = [{"REMOTE_ADDR": f"2001:db8:1:2::{n:x}"} for n in range(1, 6)]
+    statuses = [whoami(client, keys.generate_key(), address).status_code for address in addresses]
+    assert statuses == [401, 401, 401, 429, 429]
+    # Another /64 is another client.
+    assert whoami(client, key, {"REMOTE_ADDR": "2001:db8:1:3::1"}).status_code == 200
+
+
+def test_only_a_valid_ip_address_names_a_failure_counter():
+    assert client_network("203.0.113.7") == "203.0.113.7"
+    assert client_network("::ffff:203.0.113.7") == "203.0.113.7"
+    assert client_network("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    for junk in ("", None, "proxy.internal", "1.2.3.4\nforged", '"unbalanced'):
+        assert client_network(junk) == "unknown"
+
+
+def test_a_key_whose_limit_changes_is_counted_by_its_new_limit():
     limiter = RateLimiter("memory://", "100/hour", "5/minute")
     record = keys.KeyRecord("partner", "0123456789ab", rate_limit="2/hour")
-    assert admit_headers(app, limiter, record)["X-RateLimit-Limit"] == "2"
-    changed = dataclasses.replace(record, rate_limit="5/hour")  # as a registry reload does
-    assert admit_headers(app, limiter, changed)["X-RateLimit-Limit"] == "5"
-    unset = admit_headers(app, limiter, dataclasses.replace(record, rate_limit=None))
-    assert (unset["X-RateLimit-Limit"], unset["X-RateLimit-Remaining"]) == ("100", "99")
+
+    def admit(record):
+        limit, window = limiter.admit("192.0.2.1", record, "whoami", ())
+        return limit.amount, window.count
+
+    assert admit(record) == (2, 1)
+    assert admit(dataclasses.replace(record, rate_limit="5/hour")) == (5, 1)  # a reload
+    assert admit(dataclasses.replace(record, rate_limit=None)) == (100, 1)
 
 
-def test_memory_counters_forget_ended_windows():
-    counters = ProcessCounters()
-    assert [counters.hit((), [("a", 0.05, 10)]), counters.hit((), [("a", 0.05, 10)])] == [
-        [(1, pytest.approx(time.time() + 0.05, abs=0.02))],
-        [(2, pytest.approx(time.time() + 0.05, abs=0.02))],
-    ]
-    counters.hit((), [("b", 60, 10)])
-    time.sleep(0.06)
-    assert counters.hit([("a", 1)], ())[0][0] == 0
+def counter(name, amount, per=RateLimitItemPerHour):
+    return Counter(name, per(amount))
+
+
+def test_memory_storage_forgets_ended_windows():
+    storage = MemoryStorage()
+    second = counter("a", 10, RateLimitItemPerSecond)
+    assert [storage.hit((), [second])[0].count for _ in range(2)] == [1, 2]
+    assert storage.hit([second], ())[0].ends == pytest.approx(time.time() + 1, abs=0.1)
+    storage.hit((), [counter("b", 10)])
+    time.sleep(1.05)
+    assert storage.hit([second], ())[0].count == 0
     # The next hit after the sweep time drops every ended window: memory stays bounded.
-    counters._next_sweep = 0
-    assert counters.hit((), [("c", 60, 10)])[0][0] == 1
-    assert set(counters._windows) == {"b", "c"}
+    storage._next_sweep = 0
+    assert storage.hit((), [counter("c", 10)])[0].count == 1
+    assert set(storage._windows) == {"b", "c"}
 
 
-def test_memory_counters_stop_at_a_full_check_and_count_nothing():
-    counters = ProcessCounters()
-    counters.hit((), [("failures", 60, 3), ("failures", 60, 3)])
-    assert [window[0] for window in counters.hit([("failures", 3)], [("key", 60, 10)])] == [2, 1]
-    counters.hit((), [("failures", 60, 3)])
+def test_memory_storage_stops_at_a_full_check_and_counts_nothing():
+    storage = MemoryStorage()
+    failures, key = counter("failures", 3), counter("key", 10)
+    storage.hit((), [failures, failures])
+    assert [window.count for window in storage.hit([failures], [key])] == [2, 1]
+    storage.hit((), [failures])
     # Full: the check stops there, and the key's counter is not touched.
-    assert [window[0] for window in counters.hit([("failures", 3)], [("key", 60, 10)])] == [3]
-    assert counters.hit([("key", 10)], ())[0][0] == 1
-
-
-def test_a_lease_is_sized_by_what_its_client_spent():
-    """Redis leases: double while spent within the period, else what was spent, else one."""
-    counted = [(40, 1000.0 + 3600)]  # the count after the lease was taken, and its window's end
-    lease = _Lease(1000.0, 8, [(0, 1000.0 + 60)], counted, seconds=1.0, over=False)
-    assert lease.ends == 1001.0  # its period ends before the window does
-    assert [lease.spend()[1][0] for _ in range(3)] == [34, 35, 36]  # hit 33 took it
-    assert lease.wanted(1000.5, 1.0, 64) == 4  # 4 of 8 spent when its period ended
-    for _ in range(4):
-        lease.spend()
-    assert lease.left == 0
-    assert lease.wanted(1000.5, 1.0, 64) == 16  # all spent within the period: twice as many
-    assert lease.wanted(1000.5, 1.0, 10) == 10  # never more than the most
-    assert lease.wanted(1001.5, 1.0, 64) == 8  # spent, but over more than the period
-    assert lease.wanted(1002.0, 1.0, 64) == 1  # the client paused: start again from one
-    # A refusal (count 11 of a 10-hit limit) is repeated as it was while its lease lasts.
-    refusal = _Lease(1000.0, 1, [], [(11, 1000.0 + 3600)], seconds=1.0, over=True)
-    assert refusal.spend() == refusal.spend() == [(11, 1000.0 + 3600)]
-
-
-def test_a_lease_hands_back_what_it_did_not_serve_while_its_window_clearly_lasts():
-    hour, minute = (40, 1000.0 + 3600), (40, 1000.0 + 1.5)  # counts after it, window ends
-    lease = _Lease(1000.0, 8, [], [hour, minute], seconds=1.0, over=False)
-    lease.spend()  # 2 of 8 served
-    assert lease.hand_back(1000.2) == [6, 6]
-    assert lease.left == 0 and lease.hand_back(1000.2) == [0, 0]  # handed back once
-    lease = _Lease(1000.0, 8, [], [hour, minute], seconds=1.0, over=False)
-    # Less than a second before the minute's window ends: a new window may have begun
-    # by the time Redis sees it, and must not be counted down.
-    assert lease.hand_back(1000.6) == [7, 0]
+    assert [window.count for window in storage.hit([failures], [key])] == [3]
+    assert storage.hit([key], ())[0].count == 1

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 from flask import Flask
 
-from . import api, {% if cookiecutter.use_docs_page %}docs, {% endif %}errors, logs{% if cookiecutter.use_rate_limiting %}, ratelimit{% endif %}, security
-from .config import ConfigError, load_config, load_key_store
+from . import api, {% if cookiecutter.use_docs_page %}docs, {% endif %}errors, logs{% if cookiecutter.use_rate_limiting %}, ratelimit{% endif %}, registry, security
+from .config import ConfigError, load_config
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -24,15 +24,12 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     answers{% if cookiecutter.use_rate_limiting %}, rate limits{% endif %}, routes. Raises ConfigError, and so refuses to
     start, when a setting is unsafe or no key is configured (fail closed).
     """
-    environ = os.environ if environ is None else environ
-    config = load_config(environ)
-
     app = Flask(__name__)
-    app.config.from_mapping(config)
+    app.config.from_mapping(load_config(os.environ if environ is None else environ))
     app.json.sort_keys = False
 
     logs.init_app(app)
-    app.extensions["api_keys"] = load_key_store(environ, config)
+    registry.init_app(app)
     security.init_app(app)
     errors.init_app(app)
 {%- if cookiecutter.use_rate_limiting %}

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from flask import after_this_request, current_app, g, request
 
+from . import {% if cookiecutter.use_rate_limiting %}ratelimit, {% endif %}security
+from .config import API_KEY_HEADER
 from .errors import (
     APIError,
     ExpiredAPIKey,
@@ -19,7 +23,6 @@ from .errors import (
     MissingAPIKey,
 )
 from .keys import KeyRecord, fingerprint
-from .security import client_ip_allowed
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,11 @@ EXPIRES_HEADER = "API-Key-Expires"
 EXPIRY_WARNING = timedelta(days=7)
 # Fingerprints of keys whose coming expiry this process has already logged.
 _expiry_logged: set[str] = set()
+# The same refusal of the same client and key is logged once a minute at most, and the
+# app remembers at most this many of them, however many clients come.
+WARNING_INTERVAL = 60.0
+MAX_WARNINGS_TRACKED = 10_000
+_warnings_lock = threading.Lock()
 
 
 def require_api_key(view_or_scope: Callable[..., Any] | str | None = None, /, *scopes: str):
@@ -52,18 +60,25 @@ def _guard(view: Callable[..., Any], required: frozenset[str]) -> Callable[..., 
     return guarded
 
 
+def presented_key() -> str:
+    """The key the request sent in API_KEY_HEADER, or ``""`` when it sent none.
+
+    Only that header counts: keys in URLs or bodies end up in logs and caches.
+    HTTP trims spaces and tabs around a header value and nothing else, so a key
+    padded with other white space (a non-breaking space) is refused as it came.
+    """
+    return request.headers.get(API_KEY_HEADER, "").strip(" \t")
+
+
 def authenticate(required: frozenset[str]) -> KeyRecord:
     """Put the record of the request's key in ``g.api_key`` and return it.
 
     Anything else raises the APIError that explains why the request is refused.
     """
-    # Each attribute read or write through Flask's context proxies costs about a
-    # microsecond, and this runs on every keyed request: go through each proxy once.
-    app, req = current_app._get_current_object(), request._get_current_object()
-    presented = req.presented_key
+    presented = presented_key()
     if not presented:
         _refuse(MissingAPIKey(), presented)
-    record = app.extensions["api_keys"].lookup(presented)
+    record = current_app.extensions["api_keys"].lookup(presented)
     if record is None:
         _refuse(InvalidAPIKey(), presented)
     if record.revoked:
@@ -72,23 +87,20 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
         _announce_expiry(record)
         if record.is_expired(datetime.now(UTC)):
             _refuse(ExpiredAPIKey(), presented)
-    # A stolen key is useless outside its allowlists (credential theft). Most servers and
-    # keys have none, and this runs on every keyed request: then it costs one test.
-    server_wide = app.config["API_ALLOWED_IPS"]
-    if server_wide or record.allowed_ips:
-        for allowlist in (server_wide, record.allowed_ips):
-            if allowlist and not client_ip_allowed(req.remote_addr, allowlist):
-                _refuse(IPNotAllowed(), presented)
+    g.api_key = record  # for the view and the access line
+{%- if cookiecutter.use_rate_limiting %}
+    # Count the request before checking what the key may do, so that refused requests
+    # count too (denial of service, runaway clients).
+    ratelimit.admit(record)
+{%- endif %}
+    # A stolen key is useless outside its allowlists (credential theft).
+    for allowlist in (current_app.config["API_ALLOWED_IPS"], record.allowed_ips):
+        if not security.client_ip_allowed(request.remote_addr, allowlist):
+            _refuse(IPNotAllowed(), presented)
     # Least privilege: a key does only what its scopes say (privilege escalation).
-    missing = required and sorted(scope for scope in required if not record.has_scope(scope))
+    missing = sorted(scope for scope in required if not record.has_scope(scope))
     if missing:
         _refuse(InsufficientScope(f"The API key lacks the scope {', '.join(missing)}."), presented)
-    g._get_current_object().api_key = record  # g.api_key, for the view and the access line
-{%- if cookiecutter.use_rate_limiting %}
-    # Count the request against the key's limit (denial of service, runaway clients); a
-    # refusal still names the key in the access line, as g.api_key is set.
-    app.extensions["rate_limiter"].admit(req, record)
-{%- endif %}
     return record
 
 
@@ -115,18 +127,34 @@ def _announce_expiry(record: KeyRecord) -> None:
 
 def _refuse(error: APIError, presented: str, reason: str | None = None) -> NoReturn:
 {%- if cookiecutter.use_rate_limiting %}
-    # A client that failed too often gets 429 whatever it sends, a right key included, so
-    # a brute-force run learns nothing more (and floods no log); a 401 counts as a guess.
-    limiter = current_app.extensions["rate_limiter"]
-    limiter.refuse_if_blocked(request.remote_addr or "-", guess=error.status == 401)
+    if error.status == 401:
+        # A failed authentication counts against the client's cap: past it, the client
+        # gets 429 whatever it sends, a right key included (brute force).
+        ratelimit.count_failure()
 {%- endif %}
-    # Log who tried and why, by fingerprint: the raw key never reaches a log (credential leak).
+    # Who tried and why, by fingerprint: the raw key never reaches a log (credential leak).
     reason = reason or error.code
-    log.warning(
-        "authentication failed: %s from %s, key fingerprint %s",
-        reason,
-        request.remote_addr,
-        fingerprint(presented) if presented else "-",
-        extra={"reason": reason, "client_ip": request.remote_addr},
-    )
+    key_fingerprint = fingerprint(presented) if presented else "-"
+    if _first_in_a_while((reason, request.remote_addr or "-", key_fingerprint)):
+        log.warning(
+            "authentication failed: %s from %s, key fingerprint %s",
+            reason,
+            request.remote_addr,
+            key_fingerprint,
+            extra={"reason": reason, "client_ip": request.remote_addr},
+        )
     raise error
+
+
+def _first_in_a_while(warning: tuple[str, str, str]) -> bool:
+    """True at most once a minute for the same refusal of the same client and key, so a
+    client looping on a refused request cannot flood the log (log flooding)."""
+    now = time.monotonic()
+    with _warnings_lock:
+        last_warned = current_app.extensions.setdefault("auth_warnings", {})
+        if len(last_warned) >= MAX_WARNINGS_TRACKED:
+            last_warned.clear()
+        if now - last_warned.get(warning, -WARNING_INTERVAL) < WARNING_INTERVAL:
+            return False
+        last_warned[warning] = now
+        return True

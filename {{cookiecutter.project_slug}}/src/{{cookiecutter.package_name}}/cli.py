@@ -203,7 +203,7 @@ def check(key: str | None) -> None:
     for entry in _read():
         if entry.digest == digest:
             click.echo(f"Well-formed; registry key {entry.name!r}, {entry.status(now)}.")
-            sys.exit(0 if entry.status(now) in ("active", "rotated") else 1)
+            sys.exit(0 if entry.status(now).usable else 1)
     try:
         static = {digest for digest, _ in parse_api_keys(os.environ.get("API_KEYS", ""))}
     except ValueError:

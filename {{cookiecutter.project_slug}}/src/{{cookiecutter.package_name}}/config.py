@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 {%- if cookiecutter.use_rate_limiting %}
 
@@ -17,17 +16,12 @@ from limits import parse_many
 {%- endif %}
 
 from .keys import KeyConfigError, parse_api_keys
-from .registry import KeyStore, RegistryError
 
 API_KEY_HEADER = "{{ cookiecutter.api_key_header }}"
 ENVIRONMENTS = ("production", "development", "testing")
 LOG_FORMATS = ("json", "text")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-{%- if cookiecutter.use_rate_limiting %}
-# Rate-limit storages the installed clients support (the `limits` library's URIs).
-STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
-{%- endif %}
 
 
 class ConfigError(RuntimeError):
@@ -52,6 +46,7 @@ def load_config(environ: Mapping[str, str]) -> dict[str, object]:
         "REQUIRE_HTTPS": _boolean(environ, "REQUIRE_HTTPS", default=production),
         "TRUSTED_PROXIES": _integer(environ, "TRUSTED_PROXIES", default=0, minimum=0),
         "API_ALLOWED_IPS": _networks(environ, "API_ALLOWED_IPS"),
+        "API_KEYS": _api_keys(environ),
         "API_KEYS_FILE": key_file(environ),
         "MAX_CONTENT_LENGTH": _integer(environ, "MAX_CONTENT_LENGTH", default=1_048_576, minimum=1),
         "LOG_FORMAT": log_format,
@@ -69,24 +64,12 @@ def key_file(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("API_KEYS_FILE") or "instance/api_keys.toml").absolute()
 
 
-def load_key_store(environ: Mapping[str, str], config: Mapping[str, object]) -> KeyStore:
-    """Gather the keys of API_KEYS and of the registry; in production, refuse to run without one.
-
-    Fail closed: an API with no usable key, or with a placeholder such as
-    ``changeme`` that can never match, is a misconfiguration, not an open API.
-    """
+def _api_keys(environ: Mapping[str, str]) -> tuple:
+    """API_KEYS as (digest, record) pairs: only hashes are kept, never the keys themselves."""
     try:
-        static = list(parse_api_keys(environ.get("API_KEYS", "")))
-        store = KeyStore(static, config["API_KEYS_FILE"])  # type: ignore[arg-type]
-    except (KeyConfigError, RegistryError) as error:
+        return tuple(parse_api_keys(environ.get("API_KEYS", "")))
+    except KeyConfigError as error:
         raise ConfigError(str(error)) from None
-    if config["APP_ENV"] == "production" and not store.usable_count(datetime.now(UTC)):
-        raise ConfigError(
-            "API_KEYS: no API key is configured; set API_KEYS to a key made by "
-            "scripts/generate_api_key.py (or its sha256: entry), or create one with "
-            "`flask keys create NAME`"
-        )
-    return store
 
 
 def _boolean(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
@@ -118,6 +101,10 @@ def _networks(
             raise ConfigError(f"{name}: {item!r} is not an IP address or CIDR network") from None
     return tuple(networks)
 {%- if cookiecutter.use_rate_limiting %}
+
+
+# Rate-limit storages the installed clients support (the `limits` library's URIs).
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
 
 
 def _limit(environ: Mapping[str, str], name: str, *, default: str) -> str:

@@ -16,7 +16,6 @@ The server never keeps a key, only its SHA-256 hash (``sha256:<64 hex>``).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import ipaddress
 import re
 import secrets
@@ -25,17 +24,6 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-
-# CPython's own SHA-256 where the build has one: the same digest as hashlib.sha256, whose
-# OpenSSL path costs about 2 µs more inside a request, half of what the key check adds to
-# it (measured in the template's benchmarks). Builds without one (FIPS ones) use hashlib's.
-try:
-    from _sha2 import sha256 as _sha256  # CPython 3.12 and newer
-except ImportError:
-    try:
-        from _sha256 import sha256 as _sha256  # CPython 3.11
-    except ImportError:
-        _sha256 = hashlib.sha256
 
 KEY_PREFIX = "{{ cookiecutter.key_prefix }}"
 ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -47,7 +35,6 @@ WILDCARD_SCOPE = "*"
 
 KEY_LENGTH = len(KEY_PREFIX) + 1 + RANDOM_LENGTH + CHECKSUM_LENGTH
 
-_KEY_START = KEY_PREFIX + "_"
 _KEY_SHAPE = re.compile(KEY_PREFIX + "_[0-9A-Za-z]+")
 _KEY_ANYWHERE = re.compile(
     KEY_PREFIX + "_[0-9A-Za-z]{" + str(KEY_LENGTH - len(KEY_PREFIX) - 1) + "}"
@@ -94,7 +81,7 @@ def is_well_formed(candidate: str) -> bool:
 
 def hash_key(key: str) -> str:
     """SHA-256 of a key in hex: what the server stores and compares."""
-    return _sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def hashed_entry(key: str) -> str:
@@ -151,36 +138,30 @@ class KeyRecord:
 class KeyRing:
     """The set of keys the server accepts, indexed by the SHA-256 of each key.
 
-    Lookup hashes the presented key and finds it in a dict: O(1) however many
-    keys there are, and the dict is keyed by a hash the caller cannot steer, so
-    its timing says nothing about any stored key (timing attack). The final
-    comparison is constant-time all the same.
+    Lookup hashes the presented key and finds the digest in a dict: O(1) however
+    many keys there are. No constant-time comparison is needed (timing attack):
+    the dict compares digests, and an attacker who cannot invert SHA-256 cannot
+    choose a digest that shares a prefix with a stored one, so the time a lookup
+    takes says nothing about any stored key.
     """
 
     def __init__(self, entries: Iterable[tuple[str, KeyRecord]] = ()) -> None:
-        self._by_hash: dict[str, tuple[str, KeyRecord]] = {}
+        self._by_digest: dict[str, KeyRecord] = {}
         for digest, record in entries:
-            self._by_hash.setdefault(digest, (digest, record))
+            self._by_digest.setdefault(digest, record)
 
     def __len__(self) -> int:
-        return len(self._by_hash)
+        return len(self._by_digest)
 
     def lookup(self, presented: str) -> KeyRecord | None:
         """Return the record of a presented key, or None for anything not in the ring.
 
-        Only the length and the prefix are checked first, a cheap refusal of junk
-        and of other projects' keys: the hash lookup is the real check, so checking
-        the alphabet (a regex) or the checksum here too would only add to every
-        request's cost.
+        A value that is not a well-formed key of this project (typo, guess, another
+        vendor's key) is refused offline, by its shape and checksum, before any lookup.
         """
-        if len(presented) != KEY_LENGTH or not presented.startswith(_KEY_START):
+        if not is_well_formed(presented):
             return None
-        digest = hash_key(presented)
-        entry = self._by_hash.get(digest)
-        if entry is None:
-            return None
-        stored_digest, record = entry
-        return record if hmac.compare_digest(stored_digest, digest) else None
+        return self._by_digest.get(hash_key(presented))
 
 
 def parse_api_keys(value: str) -> Iterator[tuple[str, KeyRecord]]:

@@ -16,6 +16,7 @@ import uuid
 from flask import Flask, g, has_request_context, request
 from werkzeug.wrappers import Response
 
+from . import auth
 from .keys import fingerprint, redact_keys
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -165,5 +166,5 @@ def _finish_request(response: Response) -> Response:
 
 def _presented_fingerprint() -> str:
     """Who sent a request that no key let in: the fingerprint of what it sent, or ``-``."""
-    presented = request.presented_key
+    presented = auth.presented_key()
     return fingerprint(presented) if presented else "-"

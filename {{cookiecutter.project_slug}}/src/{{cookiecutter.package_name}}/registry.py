@@ -22,10 +22,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 
 import tomli_w
+from flask import Flask
 
+from .config import ConfigError
 from .keys import (
     FINGERPRINT_LENGTH,
     HASH_SCHEME,
@@ -62,6 +65,20 @@ class RegistryError(ValueError):
     """The registry file or a requested change is invalid; the message says where and why."""
 
 
+class KeyStatus(StrEnum):
+    """Where a key is in its life, as `flask keys list` shows it."""
+
+    ACTIVE = "active"
+    ROTATED = "rotated"  # replaced, still valid until its grace period ends
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+    @property
+    def usable(self) -> bool:
+        """True when a key in this state still authenticates."""
+        return self in (KeyStatus.ACTIVE, KeyStatus.ROTATED)
+
+
 @dataclass(frozen=True)
 class Entry:
     """One key in the registry: its hash and what it may do, never the key itself."""
@@ -86,13 +103,13 @@ class Entry:
         """The first 12 hex digits of the key's SHA-256, safe to show and log."""
         return self.digest[:FINGERPRINT_LENGTH]
 
-    def status(self, now: datetime) -> str:
-        """``active``, ``rotated`` (still valid during its grace), ``expired`` or ``revoked``."""
+    def status(self, now: datetime) -> KeyStatus:
+        """The key's state at ``now``; a revoked key stays revoked whatever its expiry."""
         if self.revoked is not None:
-            return "revoked"
+            return KeyStatus.REVOKED
         if self.expires is not None and now >= self.expires:
-            return "expired"
-        return "rotated" if self.rotated is not None else "active"
+            return KeyStatus.EXPIRED
+        return KeyStatus.ROTATED if self.rotated is not None else KeyStatus.ACTIVE
 
     def record(self) -> KeyRecord:
         """The public record the server attaches to a request made with this key."""
@@ -352,7 +369,7 @@ def rotate(
     """
     index = find(entries, name)
     old = entries[index]
-    if old.status(now) != "active":
+    if old.status(now) != KeyStatus.ACTIVE:
         raise RegistryError(f"key {name!r} is {old.status(now)}; only an active key can be rotated")
     end = now + grace
     retired = replace(
@@ -411,14 +428,11 @@ class KeyStore:
 
     def lookup(self, presented: str) -> KeyRecord | None:
         """The record of a presented key, as :meth:`KeyRing.lookup` of the current ring."""
-        # As ``self.ring.lookup``, less a call: the key check runs this on every request.
-        if time.monotonic() - self._checked >= self._interval:
-            self._refresh()
-        return self._ring.lookup(presented)
+        return self.ring.lookup(presented)
 
     def usable_count(self, now: datetime) -> int:
         """How many keys could authenticate now (not revoked, not expired)."""
-        from_file = sum(entry.status(now) in ("active", "rotated") for entry in self._entries)
+        from_file = sum(entry.status(now).usable for entry in self._entries)
         return len(self._static) + from_file
 
     def _stat(self) -> tuple[int, int, int] | None:
@@ -447,3 +461,23 @@ class KeyStore:
                 log.error("key registry not reloaded, keeping the last good one: %s", error)
                 return
             log.info("key registry reloaded: %d keys", len(self._ring))
+
+
+def init_app(app: Flask) -> None:
+    """Give the app its keys: API_KEYS plus the registry file.
+
+    In production it refuses to start without a usable key (fail closed): an API
+    with no key, or only a placeholder such as ``changeme`` that can never match,
+    is a misconfiguration, not an open API.
+    """
+    try:
+        store = KeyStore(app.config["API_KEYS"], app.config["API_KEYS_FILE"])
+    except RegistryError as error:
+        raise ConfigError(str(error)) from None
+    if app.config["APP_ENV"] == "production" and not store.usable_count(datetime.now(UTC)):
+        raise ConfigError(
+            "API_KEYS: no API key is configured; set API_KEYS to a key made by "
+            "scripts/generate_api_key.py (or its sha256: entry), or create one with "
+            "`flask keys create NAME`"
+        )
+    app.extensions["api_keys"] = store

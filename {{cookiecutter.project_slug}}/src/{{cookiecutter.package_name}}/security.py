@@ -14,7 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from .config import API_KEY_HEADER
+from . import auth
 from .errors import HTTPSRequired
 from .keys import Network
 
@@ -40,28 +40,15 @@ DOCS_PAGE_CSP = (
 )
 DOCS_PAGE_ENDPOINT = "docs.page"
 {%- endif %}
-# API_KEY_HEADER as the WSGI environ names it.
-_API_KEY_ENVIRON = "HTTP_" + API_KEY_HEADER.upper().replace("-", "_")
 
 
 class APIRequest(Request):
-    """Flask's request, with the API key it presents; a streamed body cut off at
-    MAX_CONTENT_LENGTH is a 413.
+    """Flask's request, where a streamed body cut off at MAX_CONTENT_LENGTH is a 413.
 
     A chunked body has no Content-Length to refuse up front, so Werkzeug stops
     reading it at the limit and the JSON parser sees a truncated document: that
     is a body too large (resource exhaustion), not a malformed one.
     """
-
-    @property
-    def presented_key(self) -> str:
-        """What the request sent in API_KEY_HEADER, stripped; ``""`` when nothing.
-
-        Only that header counts: keys in URLs or bodies end up in logs and caches.
-        Read from the environ, as ``headers.get()`` would, minus three calls: the key
-        check reads it on every keyed request.
-        """
-        return self.environ.get(_API_KEY_ENVIRON, "").strip()
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         limit = self.max_content_length
@@ -109,7 +96,7 @@ def _require_https() -> None:
     # Load-balancer probes check /health over plain HTTP; it carries no secret.
     if request.is_secure or (request.path == "/health" and request.method in ("GET", "HEAD")):
         return
-    presented = request.presented_key
+    presented = auth.presented_key()
     record = current_app.extensions["api_keys"].lookup(presented) if presented else None
     if record is not None and not record.revoked and not record.is_expired(datetime.now(UTC)):
         # The key crossed the network in clear (credential over plaintext): say so loudly.
@@ -129,10 +116,9 @@ def _security_headers(defaults: dict[str, str], response: Response) -> Response:
     if response.mimetype == "text/html" and request.endpoint == DOCS_PAGE_ENDPOINT:
         headers["Content-Security-Policy"] = DOCS_PAGE_CSP
 {%- endif %}
-    # Each default unless the view set its own, in one pass over the headers (setdefault
-    # would make one per default, on every response).
-    present = {name.lower() for name, _ in headers}
     for name, value in defaults.items():
-        if name.lower() not in present:
-            headers.add(name, value)
+        headers.setdefault(name, value)  # unless the view chose its own
+    # Every answer, static files included: a shared or browser cache must never keep a
+    # response to a keyed request (data exposure).
+    headers["Cache-Control"] = API_HEADERS["Cache-Control"]
     return response
