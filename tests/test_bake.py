@@ -62,6 +62,16 @@ def test_no_template_syntax_left(baked: Baked):
     assert not found, "template syntax left behind:\n" + "\n".join(found)
 
 
+# What rate limiting leaves in a project: settings, the library, Redis, a key's own limit
+# (field, CLI option, list column), 429 answers and the limit headers.
+RATE_LIMIT_TRACES = re.compile(
+    r"RATELIMIT_|AUTH_FAILURE_LIMIT|flask[-_]limiter|\blimits(\[|==)|(from|import) limits\b"
+    r"|\bredis\b|rate[-_ ]limit"
+    r"|\b429\b|too many requests|X-RateLimit|Retry-After",
+    re.I,
+)
+
+
 def test_disabled_options_leave_no_trace(baked: Baked):
     """A turned-off option leaves no file and no mention behind; a turned-on one its files."""
     context = baked.context
@@ -85,7 +95,7 @@ def test_disabled_options_leave_no_trace(baked: Baked):
         mentions = [
             str(path.relative_to(baked.root))
             for path, text in text_files(baked.root)
-            if re.search(r"RATELIMIT_|flask[-_]limiter|from limits|limits\[|\bredis\b", text, re.I)
+            if re.search(RATE_LIMIT_TRACES, text)
         ]
         assert not mentions, f"rate limiting mentioned with use_rate_limiting off: {mentions}"
         assert not list(baked.root.rglob("*ratelimit*"))

@@ -126,18 +126,16 @@ def test_create_without_scope_means_every_scope_and_nothing_more():
     assert scoped.scopes == ("items:read",)  # no '*' slipped in (privilege escalation)
 
 
-def test_create_keeps_expiry_allowlist_and_limit():
+def test_create_keeps_expiry_and_allowlist():
     _, new = registry.create(
         [],
         "ci",
         expires=NOW + timedelta(days=90),
         allowed_ips=["203.0.113.7/24", "2001:db8::1/32"],
-        rate_limit="100/minute",
         now=NOW,
     )
     assert new.expires == NOW + timedelta(days=90)
     assert new.allowed_ips == ("203.0.113.0/24", "2001:db8::/32")
-    assert new.rate_limit == "100/minute"
 
 
 def test_duplicate_name_is_refused_and_changes_nothing():
@@ -157,7 +155,6 @@ def test_duplicate_name_is_refused_and_changes_nothing():
         ({"scopes": ["items read"]}, "not a valid scope"),
         ({"allowed_ips": ["10.0.0.300"]}, "not an IP address or CIDR"),
         ({"allowed_ips": ["10.0.0.0/33"]}, "not an IP address or CIDR"),
-        ({"rate_limit": "lots"}, "not a rate limit"),
     ],
 )
 def test_bad_create_is_refused_and_changes_nothing(fields, message):
@@ -197,7 +194,6 @@ def test_rotate_gives_the_same_rights_to_a_new_key():
         scopes=["items:read", "items:write"],
         expires=NOW + timedelta(days=90),
         allowed_ips=["203.0.113.0/24"],
-        rate_limit="10/second",
         now=NOW,
     )
     later = NOW + timedelta(days=1)
@@ -209,7 +205,6 @@ def test_rotate_gives_the_same_rights_to_a_new_key():
     assert successor.created == later
     assert successor.scopes == old.scopes
     assert successor.allowed_ips == old.allowed_ips
-    assert successor.rate_limit == old.rate_limit
     # Same lifetime as the old key, counted from the rotation.
     assert successor.expires == later + (old.expires - old.created)
     assert successor.status(later) == "active"
@@ -303,7 +298,7 @@ def test_missing_file_is_an_empty_registry(registry_path):
 def test_entries_survive_a_write_and_a_read(registry_path):
     written = [
         entry("a", expires=NOW + timedelta(days=1), allowed_ips=("10.0.0.0/8", "2001:db8::/32")),
-        entry("b", revoked=NOW, rate_limit="5/minute"),
+        entry("b", revoked=NOW),
         entry("c", rotated=NOW, expires=NOW + timedelta(hours=1)),
     ]
     registry.write_entries(registry_path, written)
@@ -342,7 +337,6 @@ def valid_table(key):
         ('scopes = ["*"]', 'scopes = ["*"]\nexpires = 2031-01-01', "expires must be a date-time"),
         ('scopes = ["*"]', 'scopes = ["*"]\nallowed_ips = ["10.0.0.300/8"]', "'10.0.0.300/8'"),
         ('scopes = ["*"]', 'scopes = ["not a scope"]', "not a valid scope"),
-        ('scopes = ["*"]', 'scopes = ["*"]\nrate_limit = "often"', "not a rate limit"),
         ('name = "svc"', 'name = "no spaces"', "not a valid key name"),
     ],
     ids=[
@@ -353,7 +347,6 @@ def valid_table(key):
         "date-not-datetime",
         "bad-cidr",
         "bad-scope",
-        "bad-rate-limit",
         "bad-name",
     ],
 )

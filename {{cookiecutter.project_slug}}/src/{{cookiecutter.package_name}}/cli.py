@@ -238,7 +238,9 @@ def _public(entry: registry.Entry, now: datetime) -> dict[str, object]:
         "expires": _when(entry.expires) if entry.expires else None,
         "status": entry.status(now),
         "allowed_ips": list(entry.allowed_ips),
+{%- if cookiecutter.use_rate_limiting %}
         "rate_limit": entry.rate_limit,
+{%- endif %}
     }
 
 

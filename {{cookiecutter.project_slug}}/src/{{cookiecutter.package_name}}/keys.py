@@ -124,7 +124,9 @@ class KeyRecord:
     expires: datetime | None = None
     allowed_ips: tuple[Network, ...] = field(default=())
     revoked: bool = False
+{%- if cookiecutter.use_rate_limiting %}
     rate_limit: str | None = None
+{%- endif %}
 
     def has_scope(self, scope: str) -> bool:
         """True when the key may use ``scope``; ``*`` grants every scope."""

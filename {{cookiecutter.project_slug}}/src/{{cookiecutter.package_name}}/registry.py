@@ -27,6 +27,9 @@ from pathlib import Path
 
 import tomli_w
 from flask import Flask
+{%- if cookiecutter.use_rate_limiting %}
+from limits import parse_many
+{%- endif %}
 
 from .config import ConfigError
 from .keys import (
@@ -49,11 +52,6 @@ SCOPE = re.compile(r"\*|[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 HASH = re.compile(r"sha256:[0-9a-f]{64}")
 DURATION = re.compile(r"([0-9]+)([smhdw])")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-# A per-key rate limit, as in "100/minute", "10 per second" or "5/2 hours; 1000/day".
-RATE_LIMIT = re.compile(
-    r"\s*[0-9]+\s*(/|per)\s*([0-9]+\s*)?(second|minute|hour|day|month|year)s?\s*"
-    r"([;,]\s*[0-9]+\s*(/|per)\s*([0-9]+\s*)?(second|minute|hour|day|month|year)s?\s*)*"
-)
 FILE_HEADER = (
     "# API key registry, written by `flask keys`. It holds hashes and metadata only:\n"
     "# no key can be recovered from it. Edit it with `flask keys`, not by hand.\n"
@@ -91,7 +89,9 @@ class Entry:
     revoked: datetime | None = None
     rotated: datetime | None = None
     allowed_ips: tuple[str, ...] = ()
+{%- if cookiecutter.use_rate_limiting %}
     rate_limit: str | None = None
+{%- endif %}
 
     @property
     def digest(self) -> str:
@@ -120,7 +120,9 @@ class Entry:
             expires=self.expires,
             allowed_ips=tuple(ipaddress.ip_network(ip, strict=False) for ip in self.allowed_ips),
             revoked=self.revoked is not None,
+{%- if cookiecutter.use_rate_limiting %}
             rate_limit=self.rate_limit,
+{%- endif %}
         )
 
     def to_toml(self) -> dict[str, object]:
@@ -137,7 +139,9 @@ class Entry:
             "revoked": self.revoked,
             "rotated": self.rotated,
             "allowed_ips": list(self.allowed_ips),
+{%- if cookiecutter.use_rate_limiting %}
             "rate_limit": self.rate_limit,
+{%- endif %}
         }
         table.update({key: value for key, value in optional.items() if value})
         return table
@@ -195,12 +199,17 @@ def check_networks(networks: Iterable[str]) -> tuple[str, ...]:
         except ValueError:
             raise RegistryError(f"{network!r} is not an IP address or CIDR network") from None
     return tuple(checked)
+{%- if cookiecutter.use_rate_limiting %}
 
 
 def check_rate_limit(limit: str | None) -> str | None:
-    if limit is not None and not RATE_LIMIT.fullmatch(limit):
-        raise RegistryError(f"{limit!r} is not a rate limit such as 100/minute")
+    """A key's own limit, in the `limits` notation the server counts it by."""
+    try:
+        limit is None or parse_many(limit)
+    except ValueError:
+        raise RegistryError(f"{limit!r} is not a rate limit such as 100/minute") from None
     return limit
+{%- endif %}
 
 
 # ---- reading and writing the file --------------------------------------------------
@@ -255,7 +264,9 @@ def _entry_from_toml(table: dict[str, object]) -> Entry:
         revoked=dates["revoked"],  # type: ignore[arg-type]
         rotated=dates["rotated"],  # type: ignore[arg-type]
         allowed_ips=check_networks(str(ip) for ip in table.get("allowed_ips", [])),  # type: ignore[attr-defined]
+{%- if cookiecutter.use_rate_limiting %}
         rate_limit=check_rate_limit(table.get("rate_limit")),  # type: ignore[arg-type]
+{%- endif %}
     )
     if "fingerprint" in table and table["fingerprint"] != entry.fingerprint:
         raise ValueError("fingerprint does not match hash")
@@ -324,7 +335,9 @@ def create(
     scopes: Iterable[str] = (),
     expires: datetime | None = None,
     allowed_ips: Iterable[str] = (),
+{%- if cookiecutter.use_rate_limiting %}
     rate_limit: str | None = None,
+{%- endif %}
     now: datetime,
 ) -> tuple[str, Entry]:
     """Add a new key; returns the key (to show once) and its entry (to store)."""
@@ -343,7 +356,9 @@ def create(
         created=now,
         expires=expires,
         allowed_ips=check_networks(allowed_ips),
+{%- if cookiecutter.use_rate_limiting %}
         rate_limit=check_rate_limit(rate_limit),
+{%- endif %}
     )
     entries.append(entry)
     return key, entry

@@ -11,7 +11,7 @@ own gthread worker:
 - Error pages that quote the request (credential leak): gunicorn answers a
   malformed request line or header with a 400 page, and a WARNING, that repeat
   the offending text, a key included. Here they say what was wrong, not what
-  was sent.
+  was sent; and a request already answered gets no second, error answer.
 
 It replaces four methods of gunicorn 27.0.1's gthread worker (pinned in
 pyproject.toml): read them again when you upgrade gunicorn.
@@ -108,10 +108,17 @@ class ThreadWorker(gthread.ThreadWorker):
     def handle_request(self, req, conn):
         # The head is in: from here on, only a pause in the body is timed.
         conn.parser.unreader.head_deadline = None
-        return super().handle_request(req, conn)
+        keepalive = super().handle_request(req, conn)
+        req.answered = True
+        return keepalive
 
     def handle_error(self, req, client, addr, exc) -> None:
         """gunicorn's answer to a malformed request, without the request's text."""
+        if getattr(req, "answered", False):
+            # A body the app left unread turned out malformed once it was answered:
+            # a second answer would pass for the answer to the client's next request
+            # (response desync). The connection just closes.
+            return
         if isinstance(exc, ParseException):
             for name, value in vars(exc).items():
                 if isinstance(value, str | bytes | bytearray):
