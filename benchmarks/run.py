@@ -1,73 +1,95 @@
-"""Run every benchmark of the template and print one table: goal, measured, verdict.
+"""Benchmark a freshly generated default project through its public interfaces; one table.
 
-    python benchmarks/run.py            # the full run (a few minutes)
-    python benchmarks/run.py --quick    # a short smoke run; its figures are rough
-    python benchmarks/run.py --suite    # also time the template's whole test suite
+    python benchmarks/run.py                  # full run, about five minutes
+    python benchmarks/run.py --quick          # under a minute: proves the harness, rough figures
+    python benchmarks/run.py --template DIR   # bake from another checkout of the template
 
-Each figure is a ratio measured side by side in this run, on freshly generated
-default projects; absolute times are shown for reference only (they move from
-run to run on a shared machine, ratios much less). See benchmarks/README.md.
+Every ratio is taken side by side in one run (variants interleaved in rounds, in a
+new random order each round); absolute figures move from run to run. See README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import platform
+import secrets
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
-import bakes
-import endtoend
-import inprocess
-from report import MISSED, machine_lines, table
+from bakes import Project, bake, new_key
+from servers import (
+    Run,
+    clean_env,
+    get,
+    gunicorn,
+    gunicorn_settings,
+    hiredis_paths,
+    redis_replies,
+    redis_server,
+    uses_hiredis,
+    wrk,
+)
 
-SCALE_SIZES = [1, 1_000, 100_000]
+HERE = Path(__file__).resolve().parent
+HUGE_LIMIT = "1000000000/hour"  # never reached: every request is counted, none refused
+HIREDIS = "hiredis==3.5.0"
+PASS, MISSED, INFO, SKIPPED = "pass", "MISSED", "info", "skipped"
+SECURE = "/v1/secure-data"
+TRIPS_SAMPLE = 100  # requests over which Redis round trips are counted
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A row: ``variant`` against ``baseline`` in the same rounds, or a baseline alone."""
+
+    label: str
+    variant: str
+    baseline: str | None = None
+    bound: float | None = None  # None: information only
+    cost: bool = False  # compare time per request (lower is better), not throughput
+    informs: str = ""  # for an information row, what to read it against
+
+
+GOALS = [
+    Goal("e2e memory://, {memory}: GET /health", "memory health"),
+    Goal(f"e2e memory://: GET {SECURE} vs /health", "memory secure", "memory health", 0.90),
+    Goal("e2e redis://, {redis}: GET /health", "redis health"),
+    Goal(f"e2e redis://: GET {SECURE} vs /health", "redis secure", "redis health", 0.70),
+    Goal("e2e redis://, {peer}: Flask-Limiter peer, keyed", "peer keyed"),
+    Goal(f"e2e redis://: GET {SECURE} vs Flask-Limiter", "redis secure", "peer keyed", 1.50),
+    Goal(f"e2e redis://: GET {SECURE} with hiredis vs without", "hiredis secure", "pure secure"),
+    Goal("in process: GET /health", "inprocess health"),
+    Goal(
+        f"in process: GET {SECURE}, time vs /health",
+        "inprocess secure",
+        "inprocess health",
+        cost=True,
+        informs="<= 1.25x",
+    ),
+]
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (rough figures)")
-    parser.add_argument("--no-e2e", action="store_true", help="skip gunicorn + wrk")
-    parser.add_argument("--suite", action="store_true", help="also time `python -m pytest -q`")
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="print where the secured route's time goes (cProfile)",
-    )
-    parser.add_argument(
-        "--processes",
-        type=int,
-        help="fresh processes for the in-process auth rows (default 3, quick 1)",
-    )
-    parser.add_argument(
-        "--rounds", type=int, help="in-process rounds, in each process (default 60, quick 4)"
-    )
-    parser.add_argument(
-        "--batch", type=int, help="requests per variant per round (default 200, quick 30)"
-    )
-    parser.add_argument(
-        "--samples", type=int, help="timing-leak samples per group (default 30000, quick 2000)"
-    )
-    parser.add_argument("--duration", type=int, help="seconds per wrk run (default 3, quick 1)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
-    parser.add_argument(
-        "--e2e-rounds", type=int, help="rounds of wrk runs, one per route (default 8, quick 1)"
-    )
+    parser.add_argument("--template", type=Path, default=HERE.parent, help="template directory")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: rough figures")
+    parser.add_argument("--rounds", type=int, help="rounds of wrk runs (default 15, quick 1)")
+    parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 2, quick 1)")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
+    parser.add_argument("--batch", type=int, help="in-process requests per route and round")
     arguments = parser.parse_args(argv)
-    quick = arguments.quick
-    defaults = {
-        "processes": 1 if quick else 3,
-        "rounds": 4 if quick else 60,
-        "batch": 30 if quick else 200,
-        "samples": 2_000 if quick else 30_000,
-        "duration": 1 if quick else 3,
-        "e2e_rounds": 1 if quick else 8,
-    }
-    for name, value in defaults.items():
+    quick = {"rounds": 1, "seconds": 1, "batch": 100} if arguments.quick else {}
+    for name, value in {"rounds": 15, "seconds": 2, "batch": 1000, **quick}.items():
         if getattr(arguments, name) is None:
             setattr(arguments, name, value)
     return arguments
@@ -77,104 +99,222 @@ def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def output_to(log: Path):
-    """Send this process's stdout (and its children's: cookiecutter's hooks) to ``log``."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with log.open("ab") as handle:
-        os.dup2(handle.fileno(), 1)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
+def production(entry: str, work: Path, **settings: str) -> dict[str, str]:
+    """The project's production settings, with limits no run reaches and quiet logs."""
+    return clean_env(
+        PYTHONPATH="src",
+        APP_ENV="production",
+        API_KEYS=entry,
+        API_KEYS_FILE=str(work / "no-registry.toml"),
+        RATELIMIT_DEFAULT=HUGE_LIMIT,
+        AUTH_FAILURE_LIMIT=HUGE_LIMIT,
+        LOG_LEVEL="WARNING",
+        **settings,
+    )
+
+
+def in_process(project: Project, key: str, entry: str, work: Path, rounds: int, batch: int):
+    """The WSGI app from create_app(), in a process of its own (see inprocess.py)."""
+    output = work / "inprocess.json"
+    command = [sys.executable, str(HERE / "inprocess.py"), project.package, project.key_header]
+    subprocess.run(  # noqa: S603 - our script, fixed arguments
+        [*command, key, str(rounds), str(batch), str(output)],
+        cwd=project.root,
+        env=production(entry, work),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    results = json.loads(output.read_text(encoding="utf-8"))
+    return {f"inprocess {name}": [Run(**run) for run in runs] for name, runs in results.items()}
+
+
+@dataclass
+class Servers:
+    variants: dict[str, str]  # what wrk loads: {name: URL}
+    headers: dict[str, str]  # what wrk sends with every request
+    settings: dict[str, str]  # each server's workers, as gunicorn resolved them
+    trips: dict[str, float]  # Redis round trips per keyed request, by server
+    hiredis: str  # the Redis-backed server of the project that parses with hiredis
+
+
+def start_servers(project: Project, key: str, entry: str, work: Path, stack) -> Servers:
+    """redis-server, and gunicorn serving the project three ways and the peer once."""
+    redis, uri = redis_server(shutil.which("redis-server"), work)
+    stack.callback(redis.stop)
+    without, with_ = hiredis_paths(work, HIREDIS)
+    if uses_hiredis(without) or not uses_hiredis(with_):
+        raise RuntimeError("could not run redis-py both with and without hiredis")
+    app = f"{project.package}:create_app()"
+    memory_env = production(entry, work, TRUSTED_PROXIES="1", REQUIRE_HTTPS="true")
+    redis_env = {**memory_env, "RATELIMIT_STORAGE_URI": uri}
+    # "redis" has this interpreter's packages as they are, "other" the other Redis parser.
+    other_env = {**redis_env, "PYTHONPATH": os.pathsep.join(["src", with_ or without])}
+    peer_env = clean_env(API_KEYS=key, RATELIMIT_LIMIT=HUGE_LIMIT, RATELIMIT_STORAGE_URI=uri)
+    # The peer reads the project's gunicorn.conf.py: the same worker class and count.
+    peer_flags = ["--config", str(project.root / "gunicorn.conf.py")]
+    servers = {  # name: (directory, app, environment, flags)
+        "memory": (project.root, app, memory_env, ["--workers", "1"]),
+        "redis": (project.root, app, redis_env, []),
+        "other": (project.root, app, other_env, []),
+        "peer": (HERE, "flask_limiter_peer:app", peer_env, peer_flags),
+    }
+    urls, settings = {}, {}
+    for name, (cwd, target, env, flags) in servers.items():
+        settings[name] = gunicorn_settings(target, cwd, env, *flags)
+        process, urls[name] = gunicorn(target, cwd, env, work / f"{name}.log", *flags)
+        stack.callback(process.stop)
+    headers = {"X-Forwarded-Proto": "https", project.key_header: key}
+    trips = {}
+    for name in ("redis", "other", "peer"):  # each must count in Redis, or it measures nothing
+        before = redis_replies(uri)
+        statuses = {get(urls[name] + SECURE, headers) for _ in range(TRIPS_SAMPLE)}
+        trips[name] = (redis_replies(uri) - before - 1) / TRIPS_SAMPLE  # less INFO's own reply
+        if statuses != {200} or trips[name] <= 0:
+            raise RuntimeError(f"{name}: GET {SECURE} answered {statuses}, {trips[name]} trips")
+    variants = {
+        "memory health": urls["memory"] + "/health",
+        "memory secure": urls["memory"] + SECURE,
+        "redis health": urls["redis"] + "/health",
+        "redis secure": urls["redis"] + SECURE,
+        "other secure": urls["other"] + SECURE,
+        "peer keyed": urls["peer"] + SECURE,
+    }
+    return Servers(variants, headers, settings, trips, "other" if with_ else "redis")
+
+
+def end_to_end(project: Project, key: str, entry: str, work: Path, arguments) -> tuple:
+    """Every variant under wrk, interleaved in rounds: the runs by variant, and the servers."""
+    missing = [name for name in ("wrk", "redis-server") if not shutil.which(name)]
+    if missing:
+        names = " ".join(missing)
+        raise LookupError(f"{names.replace(' ', ' and ')} not installed (apt-get install {names})")
+    wrk_path, load = shutil.which("wrk"), (arguments.seconds, arguments.connections)
+    with contextlib.ExitStack() as stack:
+        servers = start_servers(project, key, entry, work, stack)
+        for url in servers.variants.values():  # warm-up: first requests fill caches
+            wrk(wrk_path, url, servers.headers, 1, arguments.connections)
+        results: dict[str, list[Run]] = {name: [] for name in servers.variants}
+        for number in range(arguments.rounds):
+            progress(f"end to end: round {number + 1} of {arguments.rounds}")
+            for name in secrets.SystemRandom().sample(list(results), len(results)):
+                results[name].append(wrk(wrk_path, servers.variants[name], servers.headers, *load))
+    pure = "redis" if servers.hiredis == "other" else "other"
+    results["hiredis secure"] = results[f"{servers.hiredis} secure"]
+    results["pure secure"] = results[f"{pure} secure"]
+    return results, servers
+
+
+def row(goal: Goal, results: dict[str, list[Run]], settings: dict[str, str], why: str):
+    """Cells: benchmark, goal, measured, verdict, req/s, p50, p99, errors."""
+    label = goal.label.format(**settings)
+    runs = results.get(goal.variant)
+    if not runs:
+        return [label, goal_text(goal) if goal.baseline else "baseline", why, SKIPPED, *"----"]
+    errors = sum(run.errors for run in runs)
+    figures = [
+        f"{statistics.median(run.rps for run in runs):,.0f}",
+        f"{statistics.median(run.p50_ms for run in runs):.2f} ms",
+        f"{statistics.median(run.p99_ms for run in runs):.2f} ms",
+        str(errors),
+    ]
+    if goal.baseline is None:
+        return [label, "baseline", "-", INFO, *figures]
+    pairs = zip(runs, results[goal.baseline], strict=True)  # the same rounds
+    value = statistics.median(b.rps / v.rps if goal.cost else v.rps / b.rps for v, b in pairs)
+    errors += sum(run.errors for run in results[goal.baseline])
+    met = goal.bound is not None and value >= goal.bound and not errors
+    verdict = INFO if goal.bound is None else PASS if met else MISSED
+    return [label, goal_text(goal), f"{value:.2f}x", verdict, *figures]
+
+
+def goal_text(goal: Goal) -> str:
+    if goal.bound is not None:
+        return f">= {goal.bound:.2f}x"
+    return f"{goal.informs} (info)" if goal.informs else "-"
+
+
+def table(rows: list[list[str]]) -> str:
+    header = ["benchmark", "goal", "measured", "verdict", "req/s", "p50", "p99", "errors"]
+    widths = [max(len(line[column]) for line in [header, *rows]) for column in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    separator = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([line(header), separator, *map(line, rows)])
+
+
+def machine() -> str:
+    """The CPU, the versions that matter, and how busy the machine was."""
+    cpu = platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), cpu)
+    names = ("flask", "werkzeug", "limits", "redis", "gunicorn", "flask-limiter")
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in names)
+    wrk_path, wrk_version = shutil.which("wrk"), "not installed"
+    if wrk_path:
+        result = subprocess.run([wrk_path, "-v"], capture_output=True, text=True, check=False)  # noqa: S603
+        wrk_version = (result.stdout + result.stderr).split()[1]
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; {versions}; "
+        f"wrk {wrk_version}; load average before the run {load}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     started = time.perf_counter()
-    machine = machine_lines()  # before the run: the load average says how busy it was
-    rows = []
+    header = machine()  # before the run: the load average says how busy the machine was
+    settings = {name: "not run" for name in ("memory", "redis", "peer")}
+    skipped, trips = "not measured", {}
     with tempfile.TemporaryDirectory(prefix="apikey-bench-") as directory:
         work = Path(directory)
-        hook_log = work / "generation.log"
-        progress("generating two default projects (rate limiting on, and off)")
-        with output_to(hook_log):
-            limited = bakes.bake(work, bakes.LIMITED, "limited")
-            plain = bakes.bake(work, bakes.PLAIN, "plain")
-
-        progress(
-            f"auth overhead: {arguments.processes} process(es) x {arguments.rounds} rounds x "
-            f"{arguments.batch} requests"
-        )
-        rows += inprocess.auth_overhead(
-            limited, plain, work, arguments.rounds, arguments.batch, arguments.processes
-        )
-        profile = (
-            inprocess.profile_secured(
-                inprocess.build_apps(limited, plain, work), limited.package_name, 3000
-            )
-            if arguments.profile
-            else None
-        )
-
-        progress(f"scale in keys: {', '.join(f'{size:,}' for size in SCALE_SIZES)}")
-        rows += inprocess.key_scale(limited, SCALE_SIZES, arguments.rounds, arguments.batch * 10)
-
-        progress(f"timing leak: {arguments.samples:,} samples per key")
-        rows += inprocess.timing_leak(limited, arguments.samples)
-
-        load = endtoend.Load(
-            arguments.duration, arguments.threads, arguments.connections, arguments.e2e_rounds
-        )
-        if not arguments.no_e2e:
-            progress("end to end: gunicorn + wrk on 127.0.0.1")
-            rows += endtoend.end_to_end(limited, plain, work, load)
-
-        progress("template: generation time")
-        with output_to(hook_log):
-            rows += bakes.generation_time(work, 3 if arguments.quick else 7)
-        if arguments.suite:
-            progress("template: the whole test suite (python -m pytest -q)")
-            rows += bakes.suite_time()
-
-    print("# Benchmarks of the generated project and the template")
-    print()
-    for line in machine:
-        print(line)
+        progress(f"baking the default project from {arguments.template}")
+        project = bake(arguments.template.resolve(), work)
+        key, entry = new_key(project)
+        rounds = 4 * arguments.rounds
+        progress(f"in process: {rounds} rounds x {arguments.batch} requests per route")
+        results = in_process(project, key, entry, work, rounds, arguments.batch)
+        progress("end to end: starting redis-server and gunicorn (and hiredis for one of them)")
+        try:
+            runs, servers = end_to_end(project, key, entry, work, arguments)
+            results |= runs
+            settings, trips = servers.settings, servers.trips
+        except LookupError as error:
+            skipped = str(error)
+            progress(f"end to end SKIPPED: {skipped}")
+    rows = [row(goal, results, settings, skipped) for goal in GOALS]
+    print("# Benchmarks of the default generated project\n")
+    print(f"Machine: {header}.")
     print(
-        f"In-process: create_app() in production, {arguments.rounds} rounds x "
-        f"{arguments.batch} requests per variant, shuffled each round; ratios are medians of "
-        "per-round ratios, times are medians; the auth rows take the median over "
-        f"{arguments.processes} fresh process(es), each with its own rounds, and show the "
-        "range over them. LOG_LEVEL=WARNING there, so the per-request "
-        f"access log does not swamp the comparison. Rate limits are "
-        f"{inprocess.HUGE_LIMIT}: every request is counted, none refused."
+        f"End to end: gunicorn '{project.package}:create_app()' from the project root, "
+        "APP_ENV=production, REQUIRE_HTTPS=true, TRUSTED_PROXIES=1, LOG_LEVEL=WARNING, "
+        f"limits {HUGE_LIMIT}; wrk on the same machine, 1 thread, {arguments.connections} "
+        "connections, X-Forwarded-Proto: https and the key on every request, "
+        f"{arguments.seconds} s per run, {arguments.rounds} round(s). In process: "
+        f"create_app()'s WSGI callable on https://localhost, {rounds} rounds x "
+        f"{arguments.batch} requests per route. Ratios are medians of per-round ratios; "
+        f"req/s, p50 and p99 are medians over rounds; hiredis: {HIREDIS}.\n"
     )
-    if not arguments.no_e2e:
-        print(
-            "End to end: gunicorn with the project's gunicorn.conf.py, 2 workers, "
-            "APP_ENV=production, TRUSTED_PROXIES=1, X-Forwarded-Proto: https, default "
-            "LOG_LEVEL (one access line per request), the same limits; wrk on the same "
-            f"machine: {load.threads} threads, {load.connections} connections, "
-            f"{load.duration} s per run, {load.rounds} round(s) of one run per route in "
-            "random order; ratios are medians of per-round ratios, req/s are medians."
-        )
-    print()
     print(table(rows))
-    missed = [row for row in rows if row.verdict == MISSED]
-    print()
+    if trips:
+        print(
+            f"\nRedis round trips per keyed request (the server's replies over {TRIPS_SAMPLE} "
+            f"requests): {SECURE} {trips['redis']:.2f} (with the other parser "
+            f"{trips['other']:.2f}), Flask-Limiter {trips['peer']:.2f}."
+        )
+    missed = sum(cells[3] == MISSED for cells in rows)
+    skipped_rows = sum(cells[3] == SKIPPED for cells in rows)
+    errors = sum(int(cells[7]) for cells in rows if cells[7].isdigit())
     print(
-        f"{len(missed)} goal(s) missed" if missed else "Every goal met",
-        f"({'quick smoke run, rough figures; ' if arguments.quick else ''}"
-        f"{time.perf_counter() - started:.0f} s).",
+        "\n"
+        + (f"{missed} goal(s) missed" if missed else "No goal missed")
+        + (f"; {skipped_rows} row(s) SKIPPED" if skipped_rows else "")
+        + (f"; ERRORS: {errors} non-2xx or socket errors, figures unreliable" if errors else "")
+        + f" ({'--quick: rough figures, ' if arguments.quick else ''}"
+        f"{time.perf_counter() - started:.0f} s)."
     )
-    if profile:
-        print()
-        print("Profile of GET /v1/secure-data (default configuration) against the open route:")
-        print(profile)
     return 0
 
 

@@ -1,0 +1,209 @@
+"""The processes a run starts on loopback: redis-server, gunicorn, wrk; and the results of wrk."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT = 30
+# Settings that would change what a served app does: never inherited from the caller.
+_LEAKY_ENV = re.compile(
+    r"PYTHONPATH|PYTHONHOME|APP_ENV|API_.*|REQUIRE_HTTPS|TRUSTED_PROXIES|RATELIMIT_.*"
+    r"|AUTH_FAILURE_LIMIT|MAX_CONTENT_LENGTH|LOG_FORMAT|LOG_LEVEL|FLASK_.*|GUNICORN_.*"
+    r"|WEB_CONCURRENCY"
+)
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not _LEAKY_ENV.fullmatch(name)}
+    return {**env, "PYTHONDONTWRITEBYTECODE": "1", **settings}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def get(url: str, headers: dict[str, str]) -> int:
+    """The status of one GET, 0 when nothing answers."""
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback http only
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+class Process:
+    """A server we started, its output in a log file; ``stop()`` ends it and only it."""
+
+    def __init__(self, command: list[str], log: Path, ready, **popen) -> None:
+        self.log = log
+        with log.open("wb") as handle:
+            self.process = subprocess.Popen(  # noqa: S603 - fixed arguments
+                command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, **popen
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{command[0]} did not start:\n{tail}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def redis_server(executable: str, work: Path) -> tuple[Process, str]:
+    """A throwaway redis-server on a free loopback port, without persistence; and its URI."""
+    port = free_port()
+    directory = work / f"redis-{port}"
+    directory.mkdir()
+
+    def pong() -> bool:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    command = [executable, "--bind", LOOPBACK, "--port", str(port), "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(directory)]
+    return Process(command, directory / "log", pong), f"redis://{LOOPBACK}:{port}/0"
+
+
+def gunicorn(
+    app: str, cwd: Path, env: dict[str, str], log: Path, *flags: str
+) -> tuple[Process, str]:
+    """``gunicorn APP`` from ``cwd`` (so its gunicorn.conf.py applies), on a free port; its URL."""
+    port = free_port()
+    base = f"http://{LOOPBACK}:{port}"
+    command = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        *flags,
+        "--bind",
+        f"{LOOPBACK}:{port}",
+        app,
+    ]
+    process = Process(
+        command, log, lambda: get(f"{base}/health", {}) in (200, 404), cwd=cwd, env=env
+    )
+    return process, base
+
+
+def gunicorn_settings(app: str, cwd: Path, env: dict[str, str], *flags: str) -> str:
+    """Worker class, workers and threads as gunicorn resolves them (``--print-config``)."""
+    command = [str(Path(sys.executable).parent / "gunicorn"), *flags, "--print-config", app]
+    result = subprocess.run(  # noqa: S603 - fixed arguments
+        command, cwd=cwd, env=env, capture_output=True, text=True, check=True, timeout=60
+    )
+    found = dict(re.findall(r"^(\w+)\s+= (.*)$", result.stdout, re.MULTILINE))
+    workers, worker_class, threads = (
+        found[name] for name in ("workers", "worker_class", "threads")
+    )
+    return f"{workers} {worker_class} worker(s)" + (
+        f" x {threads} threads" if threads != "1" else ""
+    )
+
+
+@dataclass
+class Run:
+    """One wrk run (or one in-process batch): throughput, latency, answers that were not 2xx."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx answers and socket errors
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(
+    executable: str, url: str, headers: dict[str, str], seconds: float, connections: int
+) -> Run:
+    command = [executable, "--latency", "-t", "1", "-c", str(connections), "-d", f"{seconds}s"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    result = subprocess.run(  # noqa: S603 - fixed arguments, loopback URL
+        [*command, url], capture_output=True, text=True, check=False, timeout=seconds + 60
+    )
+    text = result.stdout + result.stderr
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", text)
+    latency = dict(re.findall(r"^\s+(50|99)%\s+([0-9.]+\w+)", text, re.MULTILINE))
+    if result.returncode != 0 or not rps or len(latency) != 2:
+        raise RuntimeError(f"wrk failed (exit {result.returncode}):\n{text}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+([0-9]+)", text)
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    errors = int(non_2xx.group(1)) if non_2xx else 0
+    errors += sum(map(int, sockets.groups())) if sockets else 0
+
+    def ms(value: str) -> float:
+        number, unit = re.fullmatch(r"([0-9.]+)(\w+)", value).groups()
+        return float(number) * _UNITS[unit]
+
+    return Run(float(rps.group(1)), ms(latency["50"]), ms(latency["99"]), errors)
+
+
+def redis_replies(uri: str) -> int:
+    """How many times the redis-server has answered a client: its round trips so far."""
+    import redis
+
+    with redis.Redis.from_url(uri) as client:
+        return client.info("stats")["total_writes_processed"]
+
+
+def hiredis_paths(work: Path, requirement: str) -> tuple[str, str]:
+    """Entries for PYTHONPATH under which redis-py parses without, and with, hiredis.
+
+    One of them is empty: the packages as they are. hiredis is installed into a
+    directory of the run when it is missing, hidden by a package that fails to
+    import when it is present; redis-py then uses its pure-Python parser.
+    """
+    if importlib.util.find_spec("hiredis"):
+        hidden = work / "no-hiredis" / "hiredis"
+        hidden.mkdir(parents=True)
+        (hidden / "__init__.py").write_text('raise ImportError("hidden by the benchmark")\n')
+        return str(hidden.parent), ""
+    target = work / "hiredis"
+    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target)]
+    result = subprocess.run([*command, requirement], capture_output=True, text=True, check=False)  # noqa: S603
+    if result.returncode != 0:
+        raise RuntimeError(f"pip could not install {requirement}:\n{result.stderr}")
+    return "", str(target)
+
+
+def uses_hiredis(path: str) -> bool:
+    """Whether redis-py picks hiredis as its parser with ``path`` first on PYTHONPATH."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import redis.utils; print(redis.utils.HIREDIS_AVAILABLE)"],
+        env=clean_env(PYTHONPATH=path),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip() == "True"
