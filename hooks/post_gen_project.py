@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
@@ -79,6 +80,23 @@ def write_env(root):
     return True
 
 
+def is_scratch_render(answers, root):
+    """True when cruft renders the template only to compute a diff, then deletes it.
+
+    ``cruft update`` and ``cruft diff`` render the old and the new template into
+    fresh temporary directories (``tempfile.TemporaryDirectory``) by calling
+    cookiecutter's ``generate_files`` themselves: the answers carry cruft's
+    ``_commit`` but not the ``_output_dir`` that cookiecutter's own entry point
+    adds. A summary printed there would point the user at directories that are
+    already gone.
+    """
+    if "_commit" not in answers or "_output_dir" in answers:
+        return False
+    parent = root.resolve().parent
+    scratch = Path(tempfile.gettempdir()).resolve()
+    return parent.parent == scratch and parent.name.startswith(tempfile.gettempprefix())
+
+
 def where_to_cd(root):
     """The project directory as the user would type it: relative to where they ran
     cookiecutter when it lies below, absolute otherwise."""
@@ -117,16 +135,23 @@ def summary(answers, root, wrote_env):
             "  Then, in another terminal:",
             f"    {curl}",
             "",
+            "  Port 5000 taken (on macOS, by AirPlay)? FLASK_RUN_PORT=5001 make run",
+            "",
         ]
     )
 
 
 def main():
-    """Tidy the project, write its .env and tell the user what to do next."""
+    """Tidy the project, write its .env and tell the user what to do next.
+
+    A render that cruft throws away gets the same files (its diff must match a
+    real generation) but no summary.
+    """
     root = Path.cwd()
     remove_unused(ANSWERS, root)
     wrote_env = write_env(root)
-    print(summary(ANSWERS, root, wrote_env))
+    if not is_scratch_render(ANSWERS, root):
+        print(summary(ANSWERS, root, wrote_env))
     return 0
 
 
