@@ -7,10 +7,13 @@ project's own .venv as a user's first command does.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import socket
 import sys
+import time
 
 import pytest
 import requests
@@ -21,6 +24,7 @@ from bakery import (
     Baked,
     clean_env,
     free_port,
+    json_lines,
     output,
     read_env_file,
     run,
@@ -28,6 +32,40 @@ from bakery import (
 )
 
 TASKS = ("install", "run", "serve", "test", "lint", "keys")
+# How to get off port 5000 (on macOS, AirPlay Receiver's), as every hint words it.
+OTHER_PORT = "FLASK_RUN_PORT=5001 make run"
+LOCAL_TLS_HEADING = "### Try the production server locally"
+
+
+def readme_commands(readme: str, heading: str) -> list[str]:
+    """The commands of the first bash block after ``heading``, as bash reads them:
+    comment lines dropped, backslash-continued lines kept together."""
+    block = readme.split(heading, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands: list[str] = []
+    pending = ""
+    for line in block.splitlines():
+        if not pending and line.lstrip().startswith("#"):
+            continue
+        pending += line + "\n"
+        if not line.endswith("\\"):
+            commands.append(pending)
+            pending = ""
+    return commands
+
+
+def answers_over_tls(url: str, trusted: str) -> bool:
+    """``url`` answers over TLS with ``trusted`` as the only certificate authority."""
+    try:
+        requests.get(url, timeout=2, verify=trusted)
+    except requests.ConnectionError:
+        return False
+    return True
+
+
+def port_is_closed(port: int) -> bool:
+    """Nothing accepts connections on 127.0.0.1:``port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 @pytest.fixture(scope="session")
@@ -79,14 +117,37 @@ def test_make_test_and_lint_pass_on_a_fresh_generation(bake, project_copy, make,
     assert result.returncode == 0, output(result)
 
 
-@pytest.mark.slow
-def test_make_run_serves_the_development_app_with_the_env_file(
-    default_project, start, make_command
+def test_every_hint_says_how_to_leave_port_5000(
+    default_project, make, tmp_path, cookiecutter_config
 ):
-    """`make run`: flask's development server, settings and key from .env, plain HTTP."""
+    """`make` alone, the README and the generation summary all name FLASK_RUN_PORT."""
+    listing = make(default_project.root)
+    assert OTHER_PORT in listing.stdout, output(listing)
+    readme = (default_project.root / "README.md").read_text(encoding="utf-8")
+    assert OTHER_PORT in readme
+    assert "flask run --port 5001" in readme
+    command = [sys.executable, "-m", "cookiecutter", "--no-input", "--config-file"]
+    command += [str(cookiecutter_config), str(TEMPLATE_DIR), "-o", str(tmp_path)]
+    generated = run(command, cwd=tmp_path)
+    assert OTHER_PORT in generated.stdout, output(generated)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_make_run_serves_the_development_app_with_the_env_file(
+    default_project, project_copy, start, make_command, where
+):
+    """`make run`: flask's development server, settings and key from .env, plain HTTP, on
+    the port FLASK_RUN_PORT names, from the environment (as the hints show) or from .env."""
+    project = project_copy(default_project)
     port = free_port()
-    env = clean_env(PYTHONPATH="src", FLASK_RUN_PORT=str(port))
-    server = start([*make_command, f"PYTHON={sys.executable}", "run"], default_project.root, env)
+    env = clean_env(PYTHONPATH="src")
+    if where == "environment":
+        env["FLASK_RUN_PORT"] = str(port)
+    else:
+        with (project / ".env").open("a", encoding="utf-8") as env_file:
+            env_file.write(f"FLASK_RUN_PORT={port}\n")
+    server = start([*make_command, f"PYTHON={sys.executable}", "run"], project, env)
     base = f"http://127.0.0.1:{port}"
     wait_until_healthy(server, base)
     key = read_env_file(default_project.root / ".env")["API_KEYS"]
@@ -115,6 +176,54 @@ def test_make_serve_runs_gunicorn_as_in_production(default_project, start, tmp_p
     assert plain.status_code == 403, "production refuses plain HTTP"
     assert plain.json()["error"] == "https_required"
     assert "Strict-Transport-Security" in plain.headers
+
+
+@pytest.mark.slow
+def test_make_serve_over_tls_as_the_readme_shows(
+    default_project, project_copy, start, tmp_path, make_command
+):
+    """The README's local recipe, run as written: a self-signed certificate from openssl,
+    `make serve` with it, then curl. The key answers 200 over HTTPS and nothing is logged as
+    exposed. Only the port differs (GUNICORN_BIND), so that tests can run side by side."""
+    project = project_copy(default_project)
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    certificate, serve, curl = readme_commands(readme, LOCAL_TLS_HEADING)
+    assert certificate.startswith("openssl ") and serve.rstrip().endswith("make serve")
+    assert curl.startswith("curl ") and shutil.which("curl"), "curl is part of the recipe"
+    port = free_port()
+    env = clean_env(
+        PYTHONPATH="src",
+        PYTHON=sys.executable,  # the Makefile's `PYTHON ?=` takes it from the environment
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        XDG_RUNTIME_DIR=str(tmp_path),
+    )
+    made = run(["bash", "-c", certificate], cwd=project, env=env)
+    assert made.returncode == 0, output(made)
+    # bash runs a lone command in its own process: SIGTERM reaches make, which stops gunicorn.
+    server = start(["bash", "-c", serve], project, env)
+    base = f"https://127.0.0.1:{port}"
+    trusted = str(project / "instance" / "tls.crt")
+    deadline = time.monotonic() + 30
+    while not answers_over_tls(f"{base}/health", trusted):
+        assert server.process.poll() is None and time.monotonic() < deadline, server.output()
+        time.sleep(0.2)
+
+    key = read_env_file(project / ".env")["API_KEYS"]
+    header = str(default_project.context["api_key_header"])
+    answer = requests.get(f"{base}/v1/whoami", headers={header: key}, timeout=10, verify=trusted)
+    assert answer.status_code == 200, answer.text
+    assert "Strict-Transport-Security" in answer.headers
+    fetched = run(["bash", "-c", curl.replace(":8000/", f":{port}/")], cwd=project, env=env)
+    assert fetched.returncode == 0, output(fetched)
+    assert json.loads(fetched.stdout)["name"] == answer.json()["name"], output(fetched)
+
+    server.stop()
+    deadline = time.monotonic() + 35  # gunicorn's graceful_timeout, and a little
+    while not port_is_closed(port):
+        assert time.monotonic() < deadline, "gunicorn outlived make serve"
+        time.sleep(0.2)
+    levels = [record.get("level") for record in json_lines(server.output())]
+    assert "ERROR" not in levels, server.output()
 
 
 @pytest.mark.slow
