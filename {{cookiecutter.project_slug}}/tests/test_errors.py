@@ -167,6 +167,17 @@ def test_malformed_json_is_a_bad_request(client, key):
     assert response.json == {"error": "bad_request", "message": ANY}
 
 
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_resource_exhaustion_deeply_nested_json_is_a_bad_request(client, key, logs, depth):
+    body = "[" * depth + "]" * depth
+    response = client.post(
+        "/v1/items", data=body, content_type="application/json", headers={API_KEY_HEADER: key}
+    )
+    assert response.status_code == 400
+    assert response.json["error"] == "bad_request"
+    assert "Traceback" not in logs.text
+
+
 def test_resource_exhaustion_body_over_the_limit_is_refused(make_app, key):
     app = make_app(MAX_CONTENT_LENGTH="1024")
     client = app.test_client()

@@ -169,3 +169,77 @@ def test_forwarded_for_from_a_trusted_proxy_sets_the_client_ip(make_app, key, lo
     assert spoofed.status_code == 403
     assert spoofed.json["error"] == "ip_not_allowed"
     assert "ip=192.0.2.1 " in logs.lines[0]
+
+
+@pytest.mark.parametrize(
+    "forwarded_for",
+    [
+        '"unbalanced',  # what Werkzeug's ProxyFix cannot parse
+        "",  # fewer hops than TRUSTED_PROXIES
+        "proxy.internal",  # not an address
+        "10.0.0.2;X-Evil: 1",
+        "10.0.0.2 10.0.0.3",
+    ],
+)
+def test_ip_spoofing_unreadable_forwarded_for_never_makes_the_client_the_proxy(
+    make_app, key, logs, forwarded_for
+):
+    """Behind a proxy that appends to X-Forwarded-For, an unreadable header must not give
+    the client the proxy's own address, which an allowlist of the internal network holds."""
+    app = make_app(API_ALLOWED_IPS="10.0.0.0/8", TRUSTED_PROXIES="1")
+    response = app.test_client().get(
+        "/v1/whoami",
+        headers={API_KEY_HEADER: key, "X-Forwarded-For": forwarded_for},
+        environ_base={"REMOTE_ADDR": "10.0.0.2"},
+    )
+    assert response.status_code == 403
+    assert response.json["error"] == "ip_not_allowed"
+    # The client is logged as unknown; nothing of the header reaches a log line.
+    assert "ip=unknown " in logs.text
+    assert "no client (via 10.0.0.2)" in logs.text
+    assert "unbalanced" not in logs.text
+    assert "Evil" not in logs.text
+
+
+def test_ip_spoofing_only_the_trusted_hops_count(make_app, key):
+    app = make_app(API_ALLOWED_IPS="192.0.2.0/24", TRUSTED_PROXIES="2")
+    client = app.test_client()
+    proxy = {"REMOTE_ADDR": "10.0.0.2"}
+    headers = {API_KEY_HEADER: key}
+    two_hops = client.get(
+        "/v1/whoami",
+        headers={**headers, "X-Forwarded-For": "192.0.2.9, 10.0.0.5"},
+        environ_base=proxy,
+    )
+    one_hop = client.get(
+        "/v1/whoami", headers={**headers, "X-Forwarded-For": "192.0.2.9"}, environ_base=proxy
+    )
+    assert two_hops.status_code == 200
+    assert one_hop.status_code == 403
+
+
+@pytest.mark.parametrize("scheme", ["wss", "ws", "HTTPS", "ftp", "junk value"])
+def test_scheme_spoofing_only_https_from_a_trusted_proxy_is_secure(make_app, key, scheme):
+    app = make_app(APP_ENV="production", TRUSTED_PROXIES="1")
+    response = app.test_client().get(
+        "/v1/whoami",
+        headers={API_KEY_HEADER: key, "X-Forwarded-Proto": scheme, "X-Forwarded-For": "192.0.2.1"},
+    )
+    assert response.status_code == 403
+    assert response.json["error"] == "https_required"
+
+
+@pytest.mark.parametrize("path", ["/v1//whoami", "//v1/whoami", "/v1/whoami/"])
+def test_open_redirect_no_redirect_is_built_from_the_host_header(client, key, path):
+    response = client.get(
+        path, headers={API_KEY_HEADER: key, "Host": "evil.example"}, base_url="https://evil.example"
+    )
+    assert response.status_code in (200, 404)
+    assert "Location" not in response.headers
+    assert response.is_json
+    assert "evil.example" not in response.get_data(as_text=True)
+
+
+def test_data_exposure_static_files_are_never_cached(client):
+    for response in (client.get("/static/nowhere.js"), client.get("/health")):
+        assert response.headers["Cache-Control"] == "no-store"

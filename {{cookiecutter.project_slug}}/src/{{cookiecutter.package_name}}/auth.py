@@ -135,13 +135,14 @@ def _refuse(error: APIError, presented: str, reason: str | None = None) -> NoRet
     # Who tried and why, by fingerprint: the raw key never reaches a log (credential leak).
     reason = reason or error.code
     key_fingerprint = fingerprint(presented) if presented else "-"
-    if _first_in_a_while((reason, request.remote_addr or "-", key_fingerprint)):
+    client = request.remote_addr or "unknown"
+    if _first_in_a_while((reason, client, key_fingerprint)):
         log.warning(
             "authentication failed: %s from %s, key fingerprint %s",
             reason,
-            request.remote_addr,
+            client,
             key_fingerprint,
-            extra={"reason": reason, "client_ip": request.remote_addr},
+            extra={"reason": reason, "client_ip": client},
         )
     raise error
 

@@ -150,7 +150,7 @@ def _finish_request(response: Response) -> Response:
         path,
         response.status_code,
         duration_ms,
-        request.remote_addr,
+        request.remote_addr or "unknown",
         who,
         extra={
             "method": request.method,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Request, current_app, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
@@ -43,12 +43,19 @@ DOCS_PAGE_ENDPOINT = "docs.page"
 
 
 class APIRequest(Request):
-    """Flask's request, where a streamed body cut off at MAX_CONTENT_LENGTH is a 413.
+    """Flask's request, reading JSON bodies defensively.
 
     A chunked body has no Content-Length to refuse up front, so Werkzeug stops
     reading it at the limit and the JSON parser sees a truncated document: that
-    is a body too large (resource exhaustion), not a malformed one.
+    is a body too large (resource exhaustion), not a malformed one. A body nested
+    a thousand levels deep exhausts the parser's recursion: a 400, not a crash.
     """
+
+    def get_json(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_json(*args, **kwargs)
+        except RecursionError:
+            raise BadRequest("The JSON body is nested too deeply.") from None
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         limit = self.max_content_length
@@ -58,13 +65,45 @@ class APIRequest(Request):
         return super().on_json_loading_failed(e)
 
 
+class ForwardedClient:
+    """WSGI middleware: the client is the address TRUSTED_PROXIES hops back in
+    X-Forwarded-For, and only if that is a valid IP address; otherwise it is unknown.
+
+    Never the proxy's own address: a proxy that appends to the header passes on
+    whatever the client sent first, so a header that names no client (fewer hops,
+    an unbalanced quote, not an address) would otherwise make the client look like
+    the proxy, and a stolen key would pass any allowlist that holds the proxy
+    (client IP spoofing). An unknown client fails every allowlist.
+    """
+
+    def __init__(self, app: Any, hops: int) -> None:
+        self.app = app
+        self.hops = hops
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        proxy = environ.pop("REMOTE_ADDR", None)
+        forwarded = [part.strip() for part in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+        client = forwarded[-self.hops] if len(forwarded) >= self.hops else ""
+        if _is_ip_address(client):
+            environ["REMOTE_ADDR"] = client
+        else:  # log the proxy only: nothing from the header reaches a log line
+            log.warning("X-Forwarded-For names no client (via %s): the client is unknown", proxy)
+        # Only https is secure; a proxy forwarding anything else (wss, junk) is plain HTTP.
+        if environ.get("wsgi.url_scheme") != "https":
+            environ["wsgi.url_scheme"] = "http"
+        return self.app(environ, start_response)
+
+
 def init_app(app: Flask) -> None:
     """Trust proxies as configured, refuse plain HTTP, and set the security headers."""
     app.request_class = APIRequest
+    # Unknown paths such as /v1//whoami answer 404 in JSON, never a redirect to a URL
+    # built from the client's Host header (open redirect, host header injection).
+    app.url_map.merge_slashes = False
     hops = app.config["TRUSTED_PROXIES"]
     if hops:
         # Only as many X-Forwarded-* hops as TRUSTED_PROXIES says (client IP and scheme spoofing).
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(ForwardedClient(app.wsgi_app, hops), x_for=0, x_proto=hops)  # type: ignore[method-assign]
     if app.config["REQUIRE_HTTPS"]:
         app.before_request(_require_https)
     elif app.config["APP_ENV"] == "production":
@@ -92,6 +131,14 @@ def client_ip_allowed(address: str | None, networks: Iterable[Network]) -> bool:
     return any(ip in network for network in networks)
 
 
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _require_https() -> None:
     # Load-balancer probes check /health over plain HTTP; it carries no secret.
     if request.is_secure or (request.path == "/health" and request.method in ("GET", "HEAD")):
@@ -104,7 +151,7 @@ def _require_https() -> None:
             "valid API key %r (fingerprint %s) was sent over plain HTTP from %s: rotate it",
             record.name,
             record.fingerprint,
-            request.remote_addr,
+            request.remote_addr or "unknown",
         )
     # 403, never a redirect: the key has already been sent, a redirect would send it again.
     raise HTTPSRequired()
