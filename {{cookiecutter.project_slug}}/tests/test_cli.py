@@ -532,3 +532,27 @@ def test_reading_commands_log_no_audit_line(keys_cli):
     new_key = created_key(keys_cli("create", "ci"))
     for args in (["list"], ["list", "--json"], ["show", "ci"], ["check", new_key]):
         assert "audit" not in keys_cli(*args).stderr
+
+
+@pytest.mark.parametrize("command", ["revoke", "show", "rotate"])
+def test_credential_leak_a_key_pasted_as_a_name_is_never_echoed(keys_cli, command):
+    pasted = keys.generate_key()
+    result = keys_cli(command, pasted)
+    assert result.exit_code != 0
+    assert "API key, not a key name" in result.stderr
+    assert pasted not in result.output + result.stderr
+    assert pasted[len(keys.KEY_PREFIX) + 1 :][:20] not in result.output + result.stderr
+
+
+def test_an_expiry_past_the_last_date_is_a_clear_error(keys_cli):
+    result = keys_cli("create", "far", "--expires", "9999-12-31T23:00:00-05:00")
+    assert result.exit_code == 2
+    assert "out of range" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_an_ipv4_mapped_allowlist_is_stored_as_the_ipv4_network_it_means(keys_cli):
+    created = keys_cli("create", "mapped", "--allow-ip", "::ffff:10.0.0.0/104")
+    assert created.exit_code == 0, created.stderr
+    listed = json.loads(keys_cli("list", "--json").stdout)
+    assert listed[0]["allowed_ips"] == ["10.0.0.0/8"]

@@ -184,3 +184,22 @@ def test_scopes_and_expiry_of_a_record():
     assert reader.is_expired(now)
     assert not reader.is_expired(now - timedelta(seconds=1))
     assert not keys.KeyRecord("forever", "f").is_expired(now + timedelta(days=36500))
+
+
+@pytest.mark.parametrize(
+    ("text", "network"),
+    [
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:192.0.2.7", "192.0.2.7/32"),
+        (" 203.0.113.9/24 ", "203.0.113.0/24"),
+        ("2001:db8::1/32", "2001:db8::/32"),
+    ],
+)
+def test_allowlists_compare_ipv4_mapped_networks_as_ipv4(text, network):
+    assert str(keys.parse_network(text)) == network
+
+
+@pytest.mark.parametrize("text", ["10.0.0.300", "10.0.0.0/33", "", "any"])
+def test_a_bad_network_is_refused_naming_it(text):
+    with pytest.raises(ValueError, match="not an IP address or CIDR network"):
+        keys.parse_network(text)

@@ -15,7 +15,7 @@ from pathlib import Path
 from limits import parse_many
 {%- endif %}
 
-from .keys import KeyConfigError, parse_api_keys
+from .keys import KeyConfigError, parse_api_keys, parse_network
 
 API_KEY_HEADER = "{{ cookiecutter.api_key_header }}"
 ENVIRONMENTS = ("production", "development", "testing")
@@ -96,9 +96,9 @@ def _networks(
     networks = []
     for item in filter(None, (part.strip() for part in environ.get(name, "").split(","))):
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ConfigError(f"{name}: {item!r} is not an IP address or CIDR network") from None
+            networks.append(parse_network(item))
+        except ValueError as error:
+            raise ConfigError(f"{name}: {error}") from None
     return tuple(networks)
 {%- if cookiecutter.use_rate_limiting %}
 

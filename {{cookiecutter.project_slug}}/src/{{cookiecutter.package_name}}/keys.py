@@ -114,6 +114,22 @@ def find_keys(text: str) -> Iterator[str]:
             yield match.group()
 
 
+def parse_network(text: str) -> Network:
+    """``203.0.113.0/24``, ``2001:db8::/32`` or an address -> a network; else a ValueError.
+
+    An IPv4-mapped IPv6 network (``::ffff:10.0.0.0/104``) becomes the IPv4 network it
+    means: clients are compared as IPv4, so it would otherwise never match.
+    """
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or CIDR network") from None
+    mapped = getattr(network.network_address, "ipv4_mapped", None)
+    if mapped is not None:  # only a prefix of at least 96 bits keeps ::ffff: in its address
+        return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
 @dataclass(frozen=True)
 class KeyRecord:
     """What the server knows about a key: everything but the secret."""

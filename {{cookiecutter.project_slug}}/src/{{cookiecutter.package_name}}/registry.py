@@ -40,6 +40,8 @@ from .keys import (
     KeyRing,
     generate_key,
     hashed_entry,
+    parse_network,
+    redact_keys,
 )
 
 log = logging.getLogger(__name__)
@@ -172,10 +174,20 @@ def parse_date(text: str) -> datetime:
         raise RegistryError(f"{text!r} is not a date like 2027-01-31") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is past the last date Python knows
+        raise RegistryError(f"{text!r} is out of range") from None
 
 
 def check_name(name: str) -> str:
+    """A key's name, as given to create, show, rotate or revoke it."""
+    if redact_keys(name) != name:
+        # A key pasted where its name belongs must not be echoed (credential leak).
+        raise RegistryError(
+            "that is an API key, not a key name (not shown here); `flask keys list` shows "
+            "the names, and `flask keys check` tells which key it is"
+        )
     if not NAME.fullmatch(name):
         raise RegistryError(
             f"{name!r} is not a valid key name: use 1-64 letters, digits, '.', '_' or '-'"
@@ -195,9 +207,9 @@ def check_networks(networks: Iterable[str]) -> tuple[str, ...]:
     checked = []
     for network in networks:
         try:
-            checked.append(str(ipaddress.ip_network(network.strip(), strict=False)))
-        except ValueError:
-            raise RegistryError(f"{network!r} is not an IP address or CIDR network") from None
+            checked.append(str(parse_network(network)))
+        except ValueError as error:
+            raise RegistryError(str(error)) from None
     return tuple(checked)
 {%- if cookiecutter.use_rate_limiting %}
 
@@ -322,6 +334,7 @@ def editing(path: Path) -> Iterator[list[Entry]]:
 
 
 def find(entries: Sequence[Entry], name: str) -> int:
+    check_name(name)
     for index, entry in enumerate(entries):
         if entry.name == name:
             return index
