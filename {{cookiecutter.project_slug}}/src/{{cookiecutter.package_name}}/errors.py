@@ -12,6 +12,7 @@ import re
 
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from .config import API_KEY_HEADER
 
@@ -91,11 +92,18 @@ def _api_error(error: APIError):
     return error_response(error.status, error.code, error.message, error.headers)
 
 
+def http_error_code(status: int) -> str:
+    """The code of an HTTP error: 405 "Method Not Allowed" -> "method_not_allowed"."""
+    name = HTTP_STATUS_CODES.get(status, "error")
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
 def _http_error(error: HTTPException):
-    # "Method Not Allowed" -> "method_not_allowed"; keeps headers such as Allow.
-    code = re.sub(r"[^a-z0-9]+", "_", (error.name or "error").lower()).strip("_")
+    # Keeps headers such as Allow.
     headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
-    return error_response(error.code or 500, code, error.description or error.name, headers)
+    message = error.description or error.name
+    status = error.code or 500
+    return error_response(status, http_error_code(status), message, headers)
 
 
 def _unhandled(error: Exception):

@@ -9,7 +9,22 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from . import api
 from .config import API_KEY_HEADER
+from .errors import (
+    APIError,
+    ExpiredAPIKey,
+    HTTPSRequired,
+    InsufficientScope,
+    InvalidAPIKey,
+    InvalidBody,
+    IPNotAllowed,
+    MissingAPIKey,
+    http_error_code,
+)
+{%- if cookiecutter.use_rate_limiting %}
+from .ratelimit import RateLimited, RateLimitUnavailable
+{%- endif %}
 
 # Written as JSON strings (valid Python), so quotes and backslashes in a name stay data.
 TITLE = {{ cookiecutter.project_name | tojson }}  # fmt: skip
@@ -42,44 +57,48 @@ ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
     400: (
         "BadRequest",
         "The request could not be read (for example malformed JSON).",
-        ("bad_request",),
+        (http_error_code(400),),
     ),
     401: (
         "Unauthorized",
         "No key, or a key that is unknown, revoked, malformed or expired.",
-        ("missing_api_key", "invalid_api_key", "expired_api_key"),
+        (MissingAPIKey.code, InvalidAPIKey.code, ExpiredAPIKey.code),
     ),
     403: (
         "Forbidden",
         "Plain HTTP where HTTPS is required, an IP outside the allowlist, or a missing scope.",
-        ("https_required", "ip_not_allowed", "insufficient_scope"),
+        (HTTPSRequired.code, IPNotAllowed.code, InsufficientScope.code),
     ),
-    404: ("NotFound", "No such resource.", ("not_found",)),
+    404: ("NotFound", "No such resource.", (http_error_code(404),)),
     413: (
         "PayloadTooLarge",
         "The body is larger than MAX_CONTENT_LENGTH.",
-        ("request_entity_too_large",),
+        (http_error_code(413),),
     ),
-    415: ("UnsupportedMediaType", "The body is not JSON.", ("unsupported_media_type",)),
+    415: (
+        "UnsupportedMediaType",
+        "The body is not JSON.",
+        (http_error_code(415),),
+    ),
     422: (
         "UnprocessableContent",
         "The JSON body does not have the expected fields.",
-        ("invalid_body",),
+        (InvalidBody.code,),
     ),
 {%- if cookiecutter.use_rate_limiting %}
     429: (
         "TooManyRequests",
         "The key's rate limit, or this client's failed-authentication limit, is spent; "
         "see Retry-After.",
-        ("rate_limited",),
+        (RateLimited.code,),
     ),
 {%- endif %}
-    500: ("InternalError", "The server failed; details are in its log.", ("internal_error",)),
+    500: ("InternalError", "The server failed; details are in its log.", (APIError.code,)),
 {%- if cookiecutter.use_rate_limiting %}
     503: (
         "RateLimitUnavailable",
         "The rate-limit storage cannot be reached, so protected routes are refused.",
-        ("rate_limit_unavailable",),
+        (RateLimitUnavailable.code,),
     ),
 {%- endif %}
 }
@@ -207,7 +226,9 @@ def openapi_document() -> dict[str, Any]:
                 "NewItem": {
                     "type": "object",
                     "required": ["name"],
-                    "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}},
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": api.MAX_NAME_LENGTH}
+                    },
                 },
                 "Item": {
                     "type": "object",
