@@ -4,8 +4,13 @@ a fresh API key per test, and a capture of the app's own formatted log lines.
 
 import json
 import logging
+import os
 import re
+import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -66,11 +71,31 @@ def pytest_make_parametrize_id(config, val, argname):
     return None
 
 
+@pytest.fixture(scope="session")
+def migrated_database(tmp_path_factory) -> Path:
+    """A SQLite database made once per session by `flask db upgrade`, as a user makes one."""
+    root = tmp_path_factory.mktemp("migrated")
+    environ = {**os.environ, "DATABASE_URL": f"sqlite:///{root / 'app.db'}", "APP_ENV": "testing"}
+    environ["PYTHONPATH"] = os.pathsep.join(sys.path)
+    package = create_app.__module__
+    subprocess.run(
+        [sys.executable, "-m", "flask", "--app", package, "db", "upgrade"],
+        env=environ,
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    return root / "app.db"
+
+
 @pytest.fixture(autouse=True)
-def isolated_cwd(tmp_path, monkeypatch):
-    """Run each test in an empty directory, so that relative paths such as the default
-    API_KEYS_FILE (instance/api_keys.toml) never pick up the developer's own files."""
+def isolated_cwd(tmp_path, monkeypatch, migrated_database):
+    """Run each test in a directory of its own, holding a fresh copy of the migrated
+    database where DATABASE_URL's default looks (instance/app.db), so no test sees
+    another's keys or items, nor the developer's own files."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "instance").mkdir()
+    shutil.copyfile(migrated_database, tmp_path / "instance" / "app.db")
 
 
 @pytest.fixture
@@ -129,49 +154,41 @@ def issue_key(key):
     """Give an app a key with a chosen record (scopes, expiry, allowlist); return the key.
 
     API_KEYS can only hold keys with every scope, so scoped or expiring keys are
-    put straight into the app's key ring, next to the key from API_KEYS.
+    put straight into the app's key store, next to the key from API_KEYS.
     """
 
     def issue(app, name="test-key", **fields):
         new_key = keys.generate_key()
         record = keys.KeyRecord(name=name, fingerprint=keys.fingerprint(new_key), **fields)
-        issued = app.extensions.setdefault("test_issued_keys", [])
-        issued.append((keys.hash_key(new_key), record))
-        app.extensions["api_keys"] = keys.KeyRing([*keys.parse_api_keys(key), *issued])
+        app.extensions["api_keys"].add(keys.hash_key(new_key), record)
         return new_key
 
     return issue
 
 
 @pytest.fixture
-def registry_path(tmp_path):
-    """The key registry file: the default API_KEYS_FILE of this test's directory, which
-    exists (the file itself does not, until a key is added)."""
-    (tmp_path / "instance").mkdir()
-    return tmp_path / "instance" / "api_keys.toml"
-
-
-@pytest.fixture
-def registry_key(registry_path):
-    """Add a key to the registry file with chosen metadata; return (key, entry).
+def registry_key():
+    """Add a key to the registry with chosen metadata; return (key, entry).
 
     ``created`` backdates the key, so that an expiry already past can be written the
     way ``flask keys`` would have written it; ``revoked=True`` revokes it afterwards.
+    An app already running sees it at its next look at the registry, at most a
+    second later, or at once after ``app.extensions["api_keys"].refresh()``.
     """
 
     def add(name="registry-key", *, created=None, revoked=False, **fields):
         now = datetime.now(UTC).replace(microsecond=0)
-        with registry.editing(registry_path) as entries:
-            new_key, entry = registry.create(entries, name, now=created or now, **fields)
+        with create_app({"APP_ENV": "testing"}).app_context():
+            new_key, entry = registry.create(name, now=created or now, **fields)
             if revoked:
-                entry = registry.revoke(entries, name, now=now)
+                entry = registry.revoke(name, now=now)
         return new_key, entry
 
     return add
 
 
 @pytest.fixture
-def keys_cli(runner, registry_path):
+def keys_cli(runner):
     """Run ``flask keys ARGS...`` on registry_path as the user ``auditor``; return click's Result
     (``.stdout`` and ``.stderr`` apart). Keyword arguments are extra environment variables.
 
@@ -182,7 +199,7 @@ def keys_cli(runner, registry_path):
     def invoke(*args, input=None, **environ):
         logger = logging.getLogger(PACKAGE_LOGGER)
         saved = list(logger.handlers), logger.level, logger.propagate
-        env = {"API_KEYS_FILE": str(registry_path), "USER": "auditor", **environ}
+        env = {"USER": "auditor", **environ}
         try:
             return runner.invoke(keys_command, list(args), input=input, env=env)
         finally:

@@ -101,6 +101,7 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
     missing = sorted(scope for scope in required if not record.has_scope(scope))
     if missing:
         _refuse(InsufficientScope(f"The API key lacks the scope {', '.join(missing)}."), presented)
+    current_app.extensions["api_keys"].record_use(record)  # its last use and request count
     return record
 
 

@@ -1,9 +1,9 @@
 """``flask keys ...``: create, list, show, rotate, revoke and check API keys.
 
-These commands work without the app, so even a production server that refuses
-to start (it has no key yet) can be given its first key. A new key is printed
-once, alone on stdout, so it can be piped; everything else goes to stderr.
-Each change is logged as one audit line with who made it.
+These commands work even where a server would refuse to start (a database with
+no key yet, in production): they load the app without its start-up checks. A
+new key is printed once, alone on stdout, so it can be piped; everything else
+goes to stderr. Each change is logged as one audit line with who made it.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
 import click
+from flask.cli import with_appcontext
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import registry
-from .config import key_file
 from .keys import fingerprint, hash_key, is_well_formed, parse_api_keys
 from .logs import PACKAGE_LOGGER, configure_logging
+from .models import ApiKey
 
 audit = logging.getLogger(f"{PACKAGE_LOGGER}.audit")
 
@@ -45,6 +46,7 @@ class _Checked(click.ParamType):
 DURATION = _Checked("duration", registry.parse_duration)
 DATE = _Checked("date", registry.parse_date)
 NETWORK = _Checked("cidr", lambda value: registry.check_networks([value])[0])
+NAME = _Checked("name", registry.check_name)
 {%- if cookiecutter.use_rate_limiting %}
 RATE_LIMIT = _Checked("limit", registry.check_rate_limit)
 {%- endif %}
@@ -52,17 +54,18 @@ RATE_LIMIT = _Checked("limit", registry.check_rate_limit)
 
 @click.group()
 def keys() -> None:
-    """Manage the API keys in the registry file (API_KEYS_FILE).
+    """Manage the API keys in the registry (the database at DATABASE_URL).
 
     The registry holds only hashes; a key is shown once, when it is created or
-    rotated. A running server picks up every change within a second.
+    rotated. Every running server picks up each change within about a second.
     """
     log_format = os.environ.get("LOG_FORMAT", "text").strip().lower()
     configure_logging(log_format if log_format in ("json", "text") else "text", "INFO")
 
 
 @keys.command()
-@click.argument("name")
+@click.argument("name", type=NAME)
+@click.option("--owner", type=NAME, help="Who the key belongs to; by default, NAME itself.")
 @click.option(
     "--scope",
     "scopes",
@@ -87,30 +90,27 @@ def keys() -> None:
     type=RATE_LIMIT,
     help="Limit for this key, e.g. 100/minute, instead of RATELIMIT_DEFAULT.",
 )
-def create(name, scopes, expires_in, expires, allowed_ips, rate_limit) -> None:
-{%- else %}
-def create(name, scopes, expires_in, expires, allowed_ips) -> None:
 {%- endif %}
+@with_appcontext
+def create(name, owner, scopes, expires_in, expires, allowed_ips, **limits) -> None:
     """Create key NAME and print it once on stdout."""
     if expires_in is not None and expires is not None:
         raise click.UsageError("give --expires-in or --expires, not both")
     now = _now()
-    with _editing() as entries:
+    with _errors():
         key, entry = registry.create(
-            entries,
             name,
+            owner=owner,
             scopes=scopes,
             expires=now + expires_in if expires_in is not None else expires,
             allowed_ips=allowed_ips,
-{%- if cookiecutter.use_rate_limiting %}
-            rate_limit=rate_limit,
-{%- endif %}
             now=now,
+            **limits,
         )
     _audit("create", entry)
     click.echo(
-        f"Created key {entry.name!r} (fingerprint {entry.fingerprint}, scopes "
-        f"{' '.join(entry.scopes)}, expires {_when(entry.expires)}). "
+        f"Created key {entry.name!r} for {entry.owner!r} (fingerprint {entry.fingerprint}, "
+        f"scopes {' '.join(entry.scopes)}, expires {_when(entry.expires)}). "
         "It is shown once, below: store it now.",
         err=True,
     )
@@ -119,17 +119,21 @@ def create(name, scopes, expires_in, expires, allowed_ips) -> None:
 
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def list_keys(as_json: bool) -> None:
-    """List the keys: name, fingerprint, scopes, expiry and status, never a secret."""
+@click.option("--unused", type=DURATION, metavar="DURATION", help="Only keys unused that long.")
+@with_appcontext
+def list_keys(as_json: bool, unused) -> None:
+    """List the keys: name, owner, fingerprint, scopes, expiry, status and use; no secret."""
     now = _now()
-    rows = [_public(entry, now) for entry in _read()]
+    with _errors():
+        rows = [_public(entry, now) for entry in registry.all_keys(unused_for=unused, now=now)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo(f"No keys in {key_file(os.environ)}.", err=True)
+        click.echo("No keys." if unused is None else "No unused keys.", err=True)
         return
-    columns = ["name", "fingerprint", "scopes", "expires", "status", "allowed_ips"]
+    columns = ["name", "owner", "fingerprint", "scopes", "expires", "status", "last_used"]
+    columns.append("requests")
     table = [[c.upper().replace("_", " ") for c in columns]]
     table += [[_cell(row[c]) for c in columns] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
@@ -140,28 +144,29 @@ def list_keys(as_json: bool) -> None:
 
 
 @keys.command()
-@click.argument("name")
+@click.argument("name", type=NAME)
+@with_appcontext
 def show(name: str) -> None:
     """Show everything the registry knows about key NAME (never the key)."""
-    entries = _read()
     with _errors():
-        entry = entries[registry.find(entries, name)]
+        entry = registry.current(name)
     for field, value in _public(entry, _now()).items():
         click.echo(f"{field + ':':13} {_cell(value)}")
 
 
 @keys.command()
-@click.argument("name")
+@click.argument("name", type=NAME)
+@with_appcontext
 def revoke(name: str) -> None:
-    """Revoke key NAME at once; servers refuse it within a second."""
-    with _editing() as entries:
-        entry = registry.revoke(entries, name, now=_now())
+    """Revoke key NAME at once; every server refuses it within about a second."""
+    with _errors():
+        entry = registry.revoke(name, now=_now())
     _audit("revoke", entry)
     click.echo(f"Revoked key {name!r} (fingerprint {entry.fingerprint}).", err=True)
 
 
 @keys.command()
-@click.argument("name")
+@click.argument("name", type=NAME)
 @click.option(
     "--grace",
     type=DURATION,
@@ -169,15 +174,16 @@ def revoke(name: str) -> None:
     show_default=True,
     help="How long the old key keeps working, e.g. 7d or 12h; 0 revokes it at once.",
 )
+@with_appcontext
 def rotate(name: str, grace) -> None:
     """Give NAME a new key (printed once) with the same rights; the old one expires after GRACE."""
-    with _editing() as entries:
-        key, entry, old = registry.rotate(entries, name, grace=grace, now=_now())
+    with _errors():
+        key, entry, old = registry.rotate(name, grace=grace, now=_now())
     _audit("rotate", entry)
     ends = "now (revoked)" if old.revoked else _when(old.expires)
     click.echo(
         f"Rotated key {name!r}: new fingerprint {entry.fingerprint}; the old key "
-        f"({old.fingerprint}, now listed as {old.name!r}) stops working {ends}. "
+        f"({old.fingerprint}, listed as rotated) stops working {ends}. "
         "The new key is shown once, below: store it now.",
         err=True,
     )
@@ -186,6 +192,7 @@ def rotate(name: str, grace) -> None:
 
 @keys.command()
 @click.argument("key", required=False)
+@with_appcontext
 def check(key: str | None) -> None:
     """Tell whether KEY is a well-formed key of this project and which key it is.
 
@@ -198,17 +205,17 @@ def check(key: str | None) -> None:
     if not is_well_formed(key):
         click.echo(f"Not a well-formed key of this project (fingerprint {fingerprint(key)}).")
         sys.exit(1)
-    digest = hash_key(key)
-    now = _now()
-    for entry in _read():
-        if entry.digest == digest:
-            click.echo(f"Well-formed; registry key {entry.name!r}, {entry.status(now)}.")
-            sys.exit(0 if entry.status(now).usable else 1)
+    with _errors():
+        entry = registry.find_key(key)
+    if entry is not None:
+        status = registry.status(entry, _now())
+        click.echo(f"Well-formed; registry key {entry.name!r} of {entry.owner!r}, {status}.")
+        sys.exit(0 if status.usable else 1)
     try:
         static = {digest for digest, _ in parse_api_keys(os.environ.get("API_KEYS", ""))}
     except ValueError:
         static = set()
-    if digest in static:
+    if hash_key(key) in static:
         click.echo("Well-formed; matches an entry of API_KEYS.")
         sys.exit(0)
     click.echo(f"Well-formed, but no configured key matches (fingerprint {fingerprint(key)}).")
@@ -229,26 +236,30 @@ def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def _public(entry: registry.Entry, now: datetime) -> dict[str, object]:
+def _public(entry: ApiKey, now: datetime) -> dict[str, object]:
     return {
         "name": entry.name,
+        "owner": entry.owner,
         "fingerprint": entry.fingerprint,
         "scopes": list(entry.scopes),
         "created": _when(entry.created),
         "expires": _when(entry.expires) if entry.expires else None,
-        "status": entry.status(now),
+        "status": registry.status(entry, now),
         "allowed_ips": list(entry.allowed_ips),
 {%- if cookiecutter.use_rate_limiting %}
         "rate_limit": entry.rate_limit,
 {%- endif %}
+        "last_used": _when(entry.last_used) if entry.last_used else None,
+        "requests": entry.request_count,
     }
 
 
-def _audit(action: str, entry: registry.Entry) -> None:
+def _audit(action: str, entry: ApiKey) -> None:
     audit.info(
-        "keys %s: name=%s fingerprint=%s by=%s",
+        "keys %s: name=%s owner=%s fingerprint=%s by=%s",
         action,
         entry.name,
+        entry.owner,
         entry.fingerprint,
         _who(),
         extra={"action": action, "key_name": entry.name, "fingerprint": entry.fingerprint},
@@ -270,15 +281,8 @@ def _errors() -> Iterator[None]:
         yield
     except registry.RegistryError as error:
         raise click.ClickException(str(error)) from None
-
-
-def _read() -> tuple[registry.Entry, ...]:
-    with _errors():
-        return registry.read_entries(key_file(os.environ))
-
-
-@contextmanager
-def _editing() -> Iterator[list[registry.Entry]]:
-    path: Path = key_file(os.environ)
-    with _errors(), registry.editing(path) as entries:
-        yield entries
+    except SQLAlchemyError as error:
+        raise click.ClickException(
+            f"the registry at DATABASE_URL cannot be used ({type(error.orig or error).__name__}); "
+            "is the database up, and has `flask db upgrade` run?"
+        ) from None

@@ -10,10 +10,12 @@ import ipaddress
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-{%- if cookiecutter.use_rate_limiting %}
 
+{% if cookiecutter.use_rate_limiting -%}
 from limits import parse_many
-{%- endif %}
+{% endif -%}
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from .keys import KeyConfigError, parse_api_keys, parse_network
 
@@ -47,7 +49,7 @@ def load_config(environ: Mapping[str, str]) -> dict[str, object]:
         "TRUSTED_PROXIES": _integer(environ, "TRUSTED_PROXIES", default=0, minimum=0),
         "API_ALLOWED_IPS": _networks(environ, "API_ALLOWED_IPS"),
         "API_KEYS": _api_keys(environ),
-        "API_KEYS_FILE": key_file(environ),
+        "DATABASE_URL": database_url(environ),
         "MAX_CONTENT_LENGTH": _integer(environ, "MAX_CONTENT_LENGTH", default=1_048_576, minimum=1),
         "LOG_FORMAT": log_format,
         "LOG_LEVEL": log_level,
@@ -59,9 +61,21 @@ def load_config(environ: Mapping[str, str]) -> dict[str, object]:
     }
 
 
-def key_file(environ: Mapping[str, str]) -> Path:
-    """Where the key registry lives: API_KEYS_FILE, relative to the working directory."""
-    return Path(environ.get("API_KEYS_FILE") or "instance/api_keys.toml").absolute()
+def database_url(environ: Mapping[str, str]) -> str:
+    """DATABASE_URL, a SQLite file in instance/ by default; a relative SQLite path is
+    resolved against the working directory (the project root, run as documented)."""
+    raw = environ.get("DATABASE_URL", "").strip() or "sqlite:///instance/app.db"
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        # Never echo the URL itself: it may hold a password.
+        raise ConfigError(
+            "DATABASE_URL must be a SQLAlchemy URL such as sqlite:///... "
+            "or postgresql+psycopg://..."
+        ) from None
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        url = url.set(database=str(Path(url.database).absolute()))
+    return url.render_as_string(hide_password=False)
 
 
 def _api_keys(environ: Mapping[str, str]) -> tuple:

@@ -71,6 +71,21 @@ class InvalidBody(APIError):
     message = "The request body is not valid."
 
 
+class InvalidParameter(APIError):
+    status, code = 422, "invalid_parameter"
+    message = "A query parameter is not valid."
+
+
+class ResourceNotFound(APIError):
+    status, code = 404, "not_found"
+    message = "No such resource."
+
+
+class NotReady(APIError):
+    status, code = 503, "not_ready"
+    message = "A service the API needs is unavailable."
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
     """The one shape of every error the API sends; a 401 says how to authenticate."""
     response = jsonify(error=code, message=message)

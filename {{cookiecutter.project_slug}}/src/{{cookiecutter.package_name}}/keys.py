@@ -132,16 +132,32 @@ def parse_network(text: str) -> Network:
 
 @dataclass(frozen=True)
 class KeyRecord:
-    """What the server knows about a key: everything but the secret."""
+    """What the server knows about a key: everything but the secret.
+
+    ``owner`` is the customer, team or service the key belongs to (by default the
+    key's own name); ``id`` is its registry row, None for a key of API_KEYS.
+    """
 
     name: str
     fingerprint: str
+    owner: str = ""
     scopes: frozenset[str] = frozenset({WILDCARD_SCOPE})
     expires: datetime | None = None
     allowed_ips: tuple[Network, ...] = field(default=())
     revoked: bool = False
 {%- if cookiecutter.use_rate_limiting %}
     rate_limit: str | None = None
+    # The fingerprint its rate-limit count is kept under, shared with the key it replaced.
+    counter: str = ""
+{%- endif %}
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            object.__setattr__(self, "owner", self.name)
+{%- if cookiecutter.use_rate_limiting %}
+        if not self.counter:
+            object.__setattr__(self, "counter", self.fingerprint)
 {%- endif %}
 
     def has_scope(self, scope: str) -> bool:
@@ -167,6 +183,10 @@ class KeyRing:
         self._by_digest: dict[str, KeyRecord] = {}
         for digest, record in entries:
             self._by_digest.setdefault(digest, record)
+
+    def add(self, digest: str, record: KeyRecord) -> None:
+        """Accept the key whose SHA-256 (hex) is ``digest``, or update its record."""
+        self._by_digest[digest] = record
 
     def __len__(self) -> int:
         return len(self._by_digest)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from . import api
 from .config import API_KEY_HEADER
 from .errors import (
     APIError,
@@ -20,8 +19,10 @@ from .errors import (
     InvalidBody,
     IPNotAllowed,
     MissingAPIKey,
+    NotReady,
     http_error_code,
 )
+from .models import ITEM_NAME_LENGTH
 {%- if cookiecutter.use_rate_limiting %}
 from .ratelimit import RateLimited, RateLimitUnavailable
 {%- endif %}
@@ -94,13 +95,15 @@ ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
     ),
 {%- endif %}
     500: ("InternalError", "The server failed; details are in its log.", (APIError.code,)),
-{%- if cookiecutter.use_rate_limiting %}
     503: (
-        "RateLimitUnavailable",
-        "The rate-limit storage cannot be reached, so protected routes are refused.",
-        (RateLimitUnavailable.code,),
-    ),
+        "ServiceUnavailable",
+        "A service the API needs cannot be reached; see Retry-After where given.",
+{%- if cookiecutter.use_rate_limiting %}
+        (NotReady.code, RateLimitUnavailable.code),
+{%- else %}
+        (NotReady.code,),
 {%- endif %}
+    ),
 }
 
 {% if cookiecutter.use_rate_limiting -%}
@@ -124,6 +127,16 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Liveness probe",
                     "operationId": "health",
                     "responses": {"200": {"description": "Up", "content": _json(_ref("Health"))}},
+                }
+            },
+            "/ready": {
+                "get": {
+                    "summary": "Readiness probe: the database (and Redis, when used) answer",
+                    "operationId": "ready",
+                    "responses": {
+                        "200": {"description": "Ready", "content": _json(_ref("Ready"))},
+                        **_errors(503),
+                    },
                 }
             },
             "/openapi.json": {
@@ -160,21 +173,20 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/items": {
                 "get": {
-                    "summary": "List items (scope items:read)",
+                    "summary": "List the caller's owner's items, newest first (scope items:read)",
                     "operationId": "listItems",
                     "security": SECURED,
-                    "responses": {
-                        "200": {
-                            "description": "The items",
-                            "content": _json(
-                                {
-                                    "type": "object",
-                                    "required": ["items"],
-                                    "properties": {"items": {"type": "array", "items": item}},
-                                }
-                            ),
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
                         },
-                        **_errors(*PROTECTED),
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {"description": "A page of items", "content": _json(_ref("Page"))},
+                        **_errors(*PROTECTED, 422),
                     },
                 },
                 "post": {
@@ -187,6 +199,25 @@ def openapi_document() -> dict[str, Any]:
                         **_errors(400, *PROTECTED, 413, 415, 422),
                     },
                 },
+            },
+            "/v1/items/{item_id}": {
+                "get": {
+                    "summary": "One of the caller's owner's items (scope items:read)",
+                    "operationId": "getItem",
+                    "security": SECURED,
+                    "parameters": [
+                        {
+                            "name": "item_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 0},
+                        }
+                    ],
+                    "responses": {
+                        "200": {"description": "The item", "content": _json(item)},
+                        **_errors(*PROTECTED, 404),
+                    },
+                }
             },
         },
         "components": {
@@ -203,6 +234,19 @@ def openapi_document() -> dict[str, Any]:
                     "required": ["error", "message"],
                     "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
                 },
+                "Ready": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"const": "ready"}},
+                },
+                "Page": {
+                    "type": "object",
+                    "required": ["items", "next_cursor"],
+                    "properties": {
+                        "items": {"type": "array", "items": item},
+                        "next_cursor": {"type": ["string", "null"]},
+                    },
+                },
                 "Health": {
                     "type": "object",
                     "required": ["status"],
@@ -215,9 +259,10 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "WhoAmI": {
                     "type": "object",
-                    "required": ["name", "scopes", "expires", "fingerprint"],
+                    "required": ["name", "owner", "scopes", "expires", "fingerprint"],
                     "properties": {
                         "name": {"type": "string"},
+                        "owner": {"type": "string"},
                         "scopes": {"type": "array", "items": {"type": "string"}},
                         "expires": {"type": ["string", "null"], "format": "date-time"},
                         "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
@@ -227,16 +272,18 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["name"],
                     "properties": {
-                        "name": {"type": "string", "minLength": 1, "maxLength": api.MAX_NAME_LENGTH}
+                        "name": {"type": "string", "minLength": 1, "maxLength": ITEM_NAME_LENGTH}
                     },
                 },
                 "Item": {
                     "type": "object",
-                    "required": ["id", "name", "created_by"],
+                    "required": ["id", "name", "owner", "created_by", "created"],
                     "properties": {
                         "id": {"type": "integer"},
                         "name": {"type": "string"},
+                        "owner": {"type": "string"},
                         "created_by": {"type": "string"},
+                        "created": {"type": "string", "format": "date-time"},
                     },
                 },
             },

@@ -9,7 +9,8 @@ client's failed-authentication counters, then counts a hit on every limit the
 request touches: in ``memory://`` a dict behind a lock (exact within one
 process), in Redis one Lua script (exact across every worker and host that
 shares it). Counters are named by the key's fingerprint, never by the key
-itself (credential leak).
+itself (credential leak); a rotated key's successor counts under its
+predecessor's, so the two share one count during the grace period.
 """
 
 from __future__ import annotations
@@ -140,10 +141,14 @@ return reply
 """
 
     def __init__(self, uri: str) -> None:
-        storage = storage_from_string(uri, **REDIS_OPTIONS)
-        self._errors = storage.base_exceptions
-        self._script = storage.get_connection().register_script(self.SCRIPT)
+        self._storage = storage_from_string(uri, **REDIS_OPTIONS)
+        self._errors = self._storage.base_exceptions
+        self._script = self._storage.get_connection().register_script(self.SCRIPT)
         self._down = False  # the last call failed: logged once, until one succeeds
+
+    def answers(self) -> bool:
+        """True when Redis answers a ping (for /ready)."""
+        return self._storage.check()
 
     def hit(self, checked: Sequence[Counter], counted: Sequence[Counter]) -> list[Window]:
         """As :meth:`MemoryStorage.hit`, in one atomic round trip."""
@@ -183,10 +188,10 @@ class RateLimiter:
         checked = self._failure_counters(client)
         key_limits = parse_many(record.rate_limit) if record.rate_limit else self.default_limits
         counted = [
-            Counter(limit.key_for(NAMESPACE, "key", record.fingerprint), limit)
+            Counter(limit.key_for(NAMESPACE, "key", record.counter), limit)
             for limit in key_limits
         ] + [
-            Counter(limit.key_for(NAMESPACE, "route", route, record.fingerprint), limit)
+            Counter(limit.key_for(NAMESPACE, "route", route, record.counter), limit)
             for limit in route_limits
         ]
         windows = self.storage.hit(checked, counted)
@@ -282,11 +287,13 @@ def count_failure() -> None:
 
 def init_app(app: Flask) -> None:
     """Give the app its limiter, as RATELIMIT_STORAGE_URI and the limits configure it."""
-    app.extensions["rate_limiter"] = RateLimiter(
+    limiter = app.extensions["rate_limiter"] = RateLimiter(
         app.config["RATELIMIT_STORAGE_URI"],
         app.config["RATELIMIT_DEFAULT"],
         app.config["AUTH_FAILURE_LIMIT"],
     )
+    if isinstance(limiter.storage, RedisStorage):
+        app.extensions.setdefault("readiness", {})["redis"] = limiter.storage.answers
     app.after_request(_add_headers)
 
 

@@ -1,68 +1,46 @@
-"""The key registry: hashed keys and their metadata in a TOML file, kept by ``flask keys``.
+"""The key registry in the database: create, rotate, revoke and list keys.
 
-The file holds no secret, only each key's ``sha256:`` hash, so reading it gives
-no way to call the API. It is written atomically (temporary file, fsync,
-rename), so a crash never leaves half a file, and :class:`KeyStore` lets every
-server process notice a change within about a second, without a restart.
+One implementation behind ``flask keys`` (and any route you add to manage keys).
+It stores each key's ``sha256:`` hash and metadata, never the key. Every change
+bumps the registry's version in the same transaction, so that each server
+process can ask the database what changed since it last looked (keystore.py).
 """
 
 from __future__ import annotations
 
-import fcntl
-import ipaddress
-import logging
-import os
 import re
-import stat
-import tempfile
-import threading
-import time
-import tomllib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from pathlib import Path
 
-import tomli_w
-from flask import Flask
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 {%- if cookiecutter.use_rate_limiting %}
 from limits import parse_many
 {%- endif %}
 
-from .config import ConfigError
+from .db import db
 from .keys import (
-    FINGERPRINT_LENGTH,
-    HASH_SCHEME,
     WILDCARD_SCOPE,
     KeyRecord,
-    KeyRing,
+    fingerprint,
     generate_key,
     hashed_entry,
     parse_network,
     redact_keys,
 )
-
-log = logging.getLogger(__name__)
+from .models import ApiKey, RegistryVersion
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# Short enough that a rotated key's name, NAME.rotated-<fingerprint>, still fits NAME.
-MAX_NEW_NAME_LENGTH = 40
-MAX_DURATION = timedelta(days=36525)
 SCOPE = re.compile(r"\*|[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-HASH = re.compile(r"sha256:[0-9a-f]{64}")
 DURATION = re.compile(r"([0-9]+)([smhdw])")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-FILE_HEADER = (
-    "# API key registry, written by `flask keys`. It holds hashes and metadata only:\n"
-    "# no key can be recovered from it. Edit it with `flask keys`, not by hand.\n"
-)
-RELOAD_INTERVAL = 1.0
+MAX_DURATION = timedelta(days=36525)
 
 
 class RegistryError(ValueError):
-    """The registry file or a requested change is invalid; the message says where and why."""
+    """A requested change is invalid; the message says why, and never holds a key."""
 
 
 class KeyStatus(StrEnum):
@@ -79,77 +57,34 @@ class KeyStatus(StrEnum):
         return self in (KeyStatus.ACTIVE, KeyStatus.ROTATED)
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One key in the registry: its hash and what it may do, never the key itself."""
+def status(key: ApiKey, now: datetime) -> KeyStatus:
+    """The key's state at ``now``; a revoked key stays revoked whatever its expiry."""
+    if key.revoked is not None:
+        return KeyStatus.REVOKED
+    if key.expires is not None and now >= key.expires:
+        return KeyStatus.EXPIRED
+    return KeyStatus.ROTATED if key.rotated is not None else KeyStatus.ACTIVE
 
-    name: str
-    hash: str
-    scopes: tuple[str, ...]
-    created: datetime
-    expires: datetime | None = None
-    revoked: datetime | None = None
-    rotated: datetime | None = None
-    allowed_ips: tuple[str, ...] = ()
+
+def record(key: ApiKey) -> KeyRecord:
+    """The public record a server attaches to a request made with this key."""
+    return KeyRecord(
+        name=key.name,
+        fingerprint=key.fingerprint,
+        owner=key.owner,
+        scopes=frozenset(key.scopes),
+        expires=key.expires,
+        allowed_ips=tuple(parse_network(network) for network in key.allowed_ips),
+        revoked=key.revoked is not None,
 {%- if cookiecutter.use_rate_limiting %}
-    rate_limit: str | None = None
+        rate_limit=key.rate_limit,
+        counter=key.counter,
 {%- endif %}
-
-    @property
-    def digest(self) -> str:
-        """The key's SHA-256 in hex, as the key ring indexes it."""
-        return self.hash.removeprefix(HASH_SCHEME)
-
-    @property
-    def fingerprint(self) -> str:
-        """The first 12 hex digits of the key's SHA-256, safe to show and log."""
-        return self.digest[:FINGERPRINT_LENGTH]
-
-    def status(self, now: datetime) -> KeyStatus:
-        """The key's state at ``now``; a revoked key stays revoked whatever its expiry."""
-        if self.revoked is not None:
-            return KeyStatus.REVOKED
-        if self.expires is not None and now >= self.expires:
-            return KeyStatus.EXPIRED
-        return KeyStatus.ROTATED if self.rotated is not None else KeyStatus.ACTIVE
-
-    def record(self) -> KeyRecord:
-        """The public record the server attaches to a request made with this key."""
-        return KeyRecord(
-            name=self.name,
-            fingerprint=self.fingerprint,
-            scopes=frozenset(self.scopes),
-            expires=self.expires,
-            allowed_ips=tuple(ipaddress.ip_network(ip, strict=False) for ip in self.allowed_ips),
-            revoked=self.revoked is not None,
-{%- if cookiecutter.use_rate_limiting %}
-            rate_limit=self.rate_limit,
-{%- endif %}
-        )
-
-    def to_toml(self) -> dict[str, object]:
-        """The entry as a TOML table; optional fields are left out when unset."""
-        table: dict[str, object] = {
-            "name": self.name,
-            "hash": self.hash,
-            "fingerprint": self.fingerprint,
-            "scopes": list(self.scopes),
-            "created": self.created,
-        }
-        optional = {
-            "expires": self.expires,
-            "revoked": self.revoked,
-            "rotated": self.rotated,
-            "allowed_ips": list(self.allowed_ips),
-{%- if cookiecutter.use_rate_limiting %}
-            "rate_limit": self.rate_limit,
-{%- endif %}
-        }
-        table.update({key: value for key, value in optional.items() if value})
-        return table
+        id=key.id,
+    )
 
 
-# ---- parsing and checking values -------------------------------------------------
+# ---- checking values -------------------------------------------------------------------
 
 
 def parse_duration(text: str) -> timedelta:
@@ -224,127 +159,65 @@ def check_rate_limit(limit: str | None) -> str | None:
 {%- endif %}
 
 
-# ---- reading and writing the file --------------------------------------------------
+# ---- reading ---------------------------------------------------------------------------
 
 
-def read_entries(path: Path) -> tuple[Entry, ...]:
-    """Read the registry; a missing file is an empty registry.
-
-    A syntax error names the file and line; a bad entry names the file and the key.
-    """
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return ()
-    except OSError as error:  # unreadable: permissions, a directory, ...
-        raise RegistryError(f"{path}: cannot read it: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise RegistryError(f"{path}: {error}") from None
-    entries = []
-    for position, table in enumerate(data.get("keys", []), start=1):
-        try:
-            entries.append(_entry_from_toml(table))
-        except (KeyError, TypeError, ValueError) as error:
-            raise RegistryError(f"{path}: key #{position} is invalid: {error}") from None
-    names = [entry.name for entry in entries]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise RegistryError(f"{path}: duplicate key name {duplicates[0]!r}")
-    return tuple(entries)
+def current(name: str) -> ApiKey:
+    """The key that holds NAME now (not a rotated predecessor)."""
+    key = db.session.scalars(
+        select(ApiKey).where(ApiKey.name == check_name(name), ApiKey.rotated.is_(None))
+    ).first()
+    if key is None:
+        raise RegistryError(f"no key named {name!r}; `flask keys list` shows the names")
+    return key
 
 
-def _entry_from_toml(table: dict[str, object]) -> Entry:
-    missing = [key for key in ("name", "hash", "created") if key not in table]
-    if missing:
-        raise ValueError(f"{missing[0]} is missing")
-    digest = str(table["hash"])
-    if not HASH.fullmatch(digest):
-        raise ValueError("hash must be 'sha256:' and 64 lower-case hex digits")
-    dates = {key: table.get(key) for key in ("created", "expires", "revoked", "rotated")}
-    for key, value in dates.items():
-        if value is not None and not (isinstance(value, datetime) and value.tzinfo):
-            raise ValueError(f"{key} must be a date-time with a time zone")
-    for key in ("scopes", "allowed_ips"):
-        if not isinstance(table.get(key, []), list):
-            raise ValueError(f"{key} must be a list")
-    entry = Entry(
-        name=check_name(str(table["name"])),
-        hash=digest,
-        scopes=check_scopes(str(scope) for scope in table.get("scopes", [])),  # type: ignore[attr-defined]
-        created=dates["created"],  # type: ignore[arg-type]
-        expires=dates["expires"],  # type: ignore[arg-type]
-        revoked=dates["revoked"],  # type: ignore[arg-type]
-        rotated=dates["rotated"],  # type: ignore[arg-type]
-        allowed_ips=check_networks(str(ip) for ip in table.get("allowed_ips", [])),  # type: ignore[attr-defined]
-{%- if cookiecutter.use_rate_limiting %}
-        rate_limit=check_rate_limit(table.get("rate_limit")),  # type: ignore[arg-type]
-{%- endif %}
-    )
-    if "fingerprint" in table and table["fingerprint"] != entry.fingerprint:
-        raise ValueError("fingerprint does not match hash")
-    return entry
+def all_keys(*, unused_for: timedelta | None = None, now: datetime) -> list[ApiKey]:
+    """Every key, by name then newest first; with ``unused_for``, those not used for that long."""
+    query = select(ApiKey).order_by(ApiKey.name, ApiKey.id.desc())
+    if unused_for is not None:
+        since = now - unused_for
+        query = query.where(
+            or_(ApiKey.last_used.is_(None), ApiKey.last_used < since), ApiKey.created < since
+        )
+    return list(db.session.scalars(query))
 
 
-def write_entries(path: Path, entries: Sequence[Entry]) -> None:
-    """Replace the registry atomically: a reader sees the old file or the new one, never half."""
-    document = FILE_HEADER + tomli_w.dumps({"keys": [entry.to_toml() for entry in entries]})
-    # Owner-only for a new file; an existing file keeps the mode its operator gave it.
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o600
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, removed on failure
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
-    )
-    try:
-        with handle:
-            handle.write(document)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, mode)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself survive a crash
-    finally:
-        os.close(directory)
+def find_key(key: str) -> ApiKey | None:
+    """The registry entry of a presented key, if any."""
+    return db.session.scalars(select(ApiKey).where(ApiKey.digest == hashed_entry(key))).first()
+
+
+# ---- changing --------------------------------------------------------------------------
 
 
 @contextmanager
-def editing(path: Path) -> Iterator[list[Entry]]:
-    """Read, change and write the registry under a lock, so two commands never race.
+def changing() -> Iterator[int]:
+    """One change of the registry, in one transaction, with its new version number.
 
-    The caller changes the list it is given; nothing is written if it raises.
+    Writers take the version row's lock, so versions are committed in order and a
+    server that has seen version N has seen every change up to N.
     """
-    if not path.parent.is_dir():
-        raise RegistryError(
-            f"directory {path.parent} does not exist; create it or set API_KEYS_FILE"
-        )
-    with open(path.parent / f".{path.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        entries = list(read_entries(path))
-        yield entries
-        write_entries(path, entries)
-
-
-# ---- changes made by `flask keys` ----------------------------------------------------
-
-
-def find(entries: Sequence[Entry], name: str) -> int:
-    check_name(name)
-    for index, entry in enumerate(entries):
-        if entry.name == name:
-            return index
-    raise RegistryError(f"no key named {name!r}; `flask keys list` shows the names")
+    try:
+        version = db.session.execute(
+            update(RegistryVersion)
+            .values(version=RegistryVersion.version + 1)
+            .returning(RegistryVersion.version)
+        ).scalar_one()
+        yield version
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise RegistryError("the registry changed meanwhile; try again") from None
+    except BaseException:
+        db.session.rollback()
+        raise
 
 
 def create(
-    entries: list[Entry],
     name: str,
     *,
+    owner: str | None = None,
     scopes: Iterable[str] = (),
     expires: datetime | None = None,
     allowed_ips: Iterable[str] = (),
@@ -352,160 +225,86 @@ def create(
     rate_limit: str | None = None,
 {%- endif %}
     now: datetime,
-) -> tuple[str, Entry]:
-    """Add a new key; returns the key (to show once) and its entry (to store)."""
+) -> tuple[str, ApiKey]:
+    """Add a new key; returns the key (to show once) and its entry (as stored)."""
     check_name(name)
-    if len(name) > MAX_NEW_NAME_LENGTH:
-        raise RegistryError(f"a key name must be at most {MAX_NEW_NAME_LENGTH} characters")
-    if any(entry.name == name for entry in entries):
-        raise RegistryError(f"a key named {name!r} already exists; choose another name")
+    owner = check_name(owner) if owner else name
     if expires is not None and expires <= now:
         raise RegistryError("the expiry must be in the future")
     key = generate_key()
-    entry = Entry(
+    entry = ApiKey(
         name=name,
-        hash=hashed_entry(key),
-        scopes=check_scopes(scopes),
-        created=now,
-        expires=expires,
-        allowed_ips=check_networks(allowed_ips),
+        owner=owner,
+        digest=hashed_entry(key),
+        fingerprint=fingerprint(key),
+        scopes=list(check_scopes(scopes)),
+        allowed_ips=list(check_networks(allowed_ips)),
 {%- if cookiecutter.use_rate_limiting %}
         rate_limit=check_rate_limit(rate_limit),
+        counter=fingerprint(key),
 {%- endif %}
+        created=now,
+        expires=expires,
     )
-    entries.append(entry)
+    with changing() as version:
+        if db.session.scalars(
+            select(ApiKey.id).where(ApiKey.name == name, ApiKey.rotated.is_(None))
+        ).first():
+            raise RegistryError(f"a key named {name!r} already exists; choose another name")
+        entry.version = version
+        db.session.add(entry)
     return key, entry
 
 
-def revoke(entries: list[Entry], name: str, *, now: datetime) -> Entry:
-    """Mark a key revoked: from the next reload on, it is refused."""
-    index = find(entries, name)
-    entries[index] = replace(entries[index], revoked=entries[index].revoked or now)
-    return entries[index]
+def revoke(name: str, *, now: datetime) -> ApiKey:
+    """Revoke NAME's key, and its predecessors still in their grace period, at once."""
+    key = current(name)
+    with changing() as version:
+        db.session.execute(
+            update(ApiKey)
+            .where(ApiKey.name == name, ApiKey.revoked.is_(None))
+            .where(or_(ApiKey.rotated.is_(None), ApiKey.expires > now))
+            .values(revoked=now, version=version)
+        )
+    db.session.refresh(key)
+    return key
 
 
-def rotate(
-    entries: list[Entry], name: str, *, grace: timedelta, now: datetime
-) -> tuple[str, Entry, Entry]:
-    """Give NAME a new key with the same rights; the old key lives on for ``grace``.
+def rotate(name: str, *, grace: timedelta, now: datetime) -> tuple[str, ApiKey, ApiKey]:
+    """Give NAME a new key with the same owner and rights; the old one lives on for ``grace``.
 
     The new key gets the old one's scopes, allowlist and limit, and its lifetime
-    too (a 90-day key is followed by a 90-day key). The old entry is renamed
-    ``NAME.rotated-<fingerprint>``, marked rotated and expires when the grace
-    period ends (at once, revoked, when grace is zero).
+    too (a 90-day key is followed by a 90-day key). The old key keeps its name and
+    answers as NAME until the grace period ends (at once, revoked, when it is zero).
     Returns the new key, the new entry and the old one.
     """
-    index = find(entries, name)
-    old = entries[index]
-    if old.status(now) != KeyStatus.ACTIVE:
-        raise RegistryError(f"key {name!r} is {old.status(now)}; only an active key can be rotated")
-    end = now + grace
-    retired = replace(
-        old,
-        name=f"{old.name}.rotated-{old.fingerprint}",
-        rotated=now,
-        expires=min(end, old.expires) if old.expires else end,
-        revoked=now if not grace else None,
-    )
+    old = current(name)
+    if status(old, now) != KeyStatus.ACTIVE:
+        raise RegistryError(f"key {name!r} is {status(old, now)}; only an active key can be rotated")
     key = generate_key()
     lifetime = old.expires - old.created if old.expires else None
-    successor = replace(
-        old,
-        hash=hashed_entry(key),
-        created=now,
-        expires=now + lifetime if lifetime else None,
-        rotated=None,
-        revoked=None,
-    )
-    entries[index] = successor
-    entries.append(retired)
-    return key, successor, retired
-
-
-# ---- the live key ring ----------------------------------------------------------------
-
-
-class KeyStore:
-    """The keys a server accepts: API_KEYS plus the registry, reloaded when the file changes.
-
-    Each lookup costs at most one ``stat`` of the file per second (not a read per
-    request). A file that breaks while the server runs is logged at ERROR and the
-    last good ring stays in force; at startup it is a RegistryError.
-    """
-
-    def __init__(
-        self,
-        static: Iterable[tuple[str, KeyRecord]],
-        path: Path,
-        interval: float = RELOAD_INTERVAL,
-    ) -> None:
-        self._static = tuple(static)
-        self._path = path
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._signature = self._stat()
-        self._ring, self._entries = self._build(read_entries(path))
-        self._checked = time.monotonic()
-
-    @property
-    def ring(self) -> KeyRing:
-        """The current ring, refreshed first if the file changed since the last check."""
-        if time.monotonic() - self._checked >= self._interval:
-            self._refresh()
-        return self._ring
-
-    def lookup(self, presented: str) -> KeyRecord | None:
-        """The record of a presented key, as :meth:`KeyRing.lookup` of the current ring."""
-        return self.ring.lookup(presented)
-
-    def usable_count(self, now: datetime) -> int:
-        """How many keys could authenticate now (not revoked, not expired)."""
-        from_file = sum(entry.status(now).usable for entry in self._entries)
-        return len(self._static) + from_file
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            stat = self._path.stat()
-        except FileNotFoundError:
-            return None
-        return stat.st_mtime_ns, stat.st_size, stat.st_ino
-
-    def _build(self, entries: tuple[Entry, ...]) -> tuple[KeyRing, tuple[Entry, ...]]:
-        from_file = ((entry.digest, entry.record()) for entry in entries)
-        return KeyRing([*self._static, *from_file]), entries
-
-    def _refresh(self) -> None:
-        with self._lock:
-            if time.monotonic() - self._checked < self._interval:
-                return  # another thread just did it
-            self._checked = time.monotonic()
-            signature = self._stat()
-            if signature == self._signature:
-                return
-            self._signature = signature
-            try:
-                self._ring, self._entries = self._build(read_entries(self._path))
-            except RegistryError as error:
-                log.error("key registry not reloaded, keeping the last good one: %s", error)
-                return
-            log.info("key registry reloaded: %d keys", len(self._ring))
-
-
-def init_app(app: Flask) -> None:
-    """Give the app its keys: API_KEYS plus the registry file.
-
-    In production it refuses to start without a usable key (fail closed): an API
-    with no key, or only a placeholder such as ``changeme`` that can never match,
-    is a misconfiguration, not an open API.
-    """
-    try:
-        store = KeyStore(app.config["API_KEYS"], app.config["API_KEYS_FILE"])
-    except RegistryError as error:
-        raise ConfigError(str(error)) from None
-    if app.config["APP_ENV"] == "production" and not store.usable_count(datetime.now(UTC)):
-        raise ConfigError(
-            "API_KEYS: no API key is configured; set API_KEYS to a key made by "
-            "scripts/generate_api_key.py (or its sha256: entry), or create one with "
-            "`flask keys create NAME`"
+    with changing() as version:
+        end = now + grace
+        old.rotated = now
+        old.expires = min(end, old.expires) if old.expires else end
+        old.revoked = None if grace else now
+        old.version = version
+        db.session.flush()  # the name is free before the new key takes it
+        new = ApiKey(
+            name=old.name,
+            owner=old.owner,
+            digest=hashed_entry(key),
+            fingerprint=fingerprint(key),
+            scopes=old.scopes,
+            allowed_ips=old.allowed_ips,
+{%- if cookiecutter.use_rate_limiting %}
+            rate_limit=old.rate_limit,
+            counter=old.counter,
+{%- endif %}
+            created=now,
+            expires=now + lifetime if lifetime else None,
+            rotated_from=old.id,
+            version=version,
         )
-    app.extensions["api_keys"] = store
+        db.session.add(new)
+    return key, new, old

@@ -28,6 +28,8 @@ API_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
 }
+# Probes that load balancers send over plain HTTP: exempt from the HTTPS rule.
+PROBES = ("/health", "/ready")
 # Two years: browsers never try plain HTTP again (SSL stripping).
 HSTS = "max-age=63072000; includeSubDomains"
 {%- if cookiecutter.use_docs_page %}
@@ -140,8 +142,8 @@ def _is_ip_address(text: str) -> bool:
 
 
 def _require_https() -> None:
-    # Load-balancer probes check /health over plain HTTP; it carries no secret.
-    if request.is_secure or (request.path == "/health" and request.method in ("GET", "HEAD")):
+    # Load-balancer probes check /health and /ready over plain HTTP; they carry no secret.
+    if request.is_secure or (request.path in PROBES and request.method in ("GET", "HEAD")):
         return
     presented = auth.presented_key()
     record = current_app.extensions["api_keys"].lookup(presented) if presented else None

@@ -1,0 +1,29 @@
+"""Alembic's entry point for ``flask db``: migrations run on the app's own database."""
+
+from alembic import context
+from flask import current_app
+
+migrate = current_app.extensions["migrate"]
+
+
+def run_offline() -> None:
+    """``flask db upgrade --sql``: print the SQL instead of running it."""
+    url = migrate.db.engine.url.render_as_string(hide_password=False)
+    context.configure(url=url, target_metadata=migrate.db.metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    with migrate.db.engine.connect() as connection:
+        context.configure(
+            connection=connection, target_metadata=migrate.db.metadata, **migrate.configure_args
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()
