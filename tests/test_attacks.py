@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import json
 import re
 import socket
+import ssl
 import time
 import tomllib
 from collections.abc import Iterator
@@ -617,3 +619,266 @@ def test_requests_gunicorn_rejects_log_no_key(default_project: Baked, start, tmp
         assert send(port, raw.encode()).status == 400
     assert server.stop() == 0
     assert key not in server.output()
+
+
+# Slow clients, gunicorn's own error pages, response desync: gunicorn.conf.py runs the
+# project's worker (workers.py) for these.
+
+# A request line and headers with no blank line after them: the head never ends.
+HALF_SENT = b"GET /health HTTP/1.1\r\nHost: localhost\r\n"
+# Half a TLS record header: the handshake never ends.
+HALF_HANDSHAKE = b"\x16\x03\x01\x02"
+# workers.py's REQUEST_HEAD_TIMEOUT (10 s), with room; gunicorn's worker timeout is 30 s.
+STALLED_CLOSED_WITHIN = 20.0
+ANSWER_WITHIN = 2.0
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server writes on ``sock`` until it closes the connection."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with openssl as the README does."""
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    result = run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ]
+    )
+    assert result.returncode == 0, output(result)
+    return cert, key
+
+
+@pytest.mark.parametrize("transport", ["http", "tls"])
+def test_slowloris_idle_connections_do_not_block_health(
+    armory: Armory, start, tmp_path, monkeypatch, transport
+):
+    """Six clients that send half a request (over TLS: half a handshake) and wait hold
+    nobody up: /health and a keyed request answer at once, and gunicorn drops the stalled
+    connections after its head timeout, quietly."""
+    settings = {"TRUSTED_PROXIES": "1"}
+    context = None
+    if transport == "tls":  # gunicorn terminating TLS itself, as the README allows
+        cert, key = self_signed_certificate(tmp_path)
+        settings["GUNICORN_CMD_ARGS"] = f"--certfile {cert} --keyfile {key}"
+        context = ssl.create_default_context(cafile=str(cert))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    server, port = serve(armory, start, **settings)
+    wait_until_healthy(server, f"{'https' if context else 'http'}://127.0.0.1:{port}")
+
+    def connect() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=ANSWER_WITHIN)
+        return context.wrap_socket(sock, server_hostname="127.0.0.1") if context else sock
+
+    opened = time.monotonic()
+    stalled = []
+    for _ in range(6):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=STALLED_CLOSED_WITHIN)
+        sock.sendall(HALF_HANDSHAKE if context else HALF_SENT)
+        stalled.append(sock)
+    time.sleep(0.5)  # the server has read them and waits for the rest
+
+    valid = armory.keys["valid"]
+    for target, headers in (("/health", ""), ("/v1/secure-data", f"{armory.header}: {valid}\r\n")):
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            f"X-Forwarded-Proto: https\r\n{headers}\r\n"
+        )
+        started = time.monotonic()
+        try:
+            with connect() as sock:
+                sock.sendall(request.encode())
+                answer = read_until_closed(sock)
+        except TimeoutError:
+            pytest.fail(f"{target}: no answer within {ANSWER_WITHIN}s\n{server.output()}")
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        assert time.monotonic() - started < ANSWER_WITHIN
+
+    for sock in stalled:
+        with sock:
+            try:
+                assert read_until_closed(sock) == b""
+            except TimeoutError:
+                pytest.fail(f"a stalled connection still open after {STALLED_CLOSED_WITHIN}s")
+    assert time.monotonic() - opened < STALLED_CLOSED_WITHIN
+    assert server.process.poll() is None, server.output()
+    assert server.stop() == 0
+    # A timed-out client is no error of the server's: no traceback, no worker killed.
+    logged = server.output()
+    assert "Traceback" not in logged and "CRITICAL" not in logged, logged
+
+
+# A key of the project in malformed request lines and headers that gunicorn refuses
+# itself, and the status it answers: {key} is a valid key, {header} the key header.
+MALFORMED = [
+    ("control character in the target", "GET /v1/{key}\x01 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("NUL in the query", "GET /v1/items?k={key}\x00 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("space in the target", "GET /v1/{key} x HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("key as the method", "{key} / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("key as the HTTP version", "GET / HTTP/{key}\r\nHost: x\r\n\r\n", 400),
+    ("bare LF after the request line", "GET /{key} HTTP/1.1\nHost: x\r\n\r\n", 400),
+    ("header line without a colon", "GET / HTTP/1.1\r\nHost: x\r\n{header} {key}\r\n\r\n", 400),
+    ("control character in the key header", "GET / HTTP/1.1\r\n{header}: {key}\x01\r\n\r\n", 400),
+    ("key in a header name", "GET / HTTP/1.1\r\nHost: x\r\n{key}(: 1\r\n\r\n", 400),
+    ("key folded onto a header", "GET / HTTP/1.1\r\nHost: x\r\n{header}: a\r\n {key}\r\n\r\n", 400),
+    ("key as Content-Length", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {key}\r\n\r\n", 400),
+    (
+        "key as a transfer coding",
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {key}\r\n\r\n",
+        501,
+    ),
+    ("key as an expectation", "POST / HTTP/1.1\r\nHost: x\r\nExpect: {key}\r\n\r\n", 417),
+]
+
+
+def test_gunicorn_error_pages_quote_no_key(armory: Armory, start):
+    """gunicorn's own answers to malformed request lines and headers, and their log lines,
+    never repeat what was sent, so never a key (credential leak)."""
+    server, port = serve(armory, start, TRUSTED_PROXIES="1")
+    wait_until_healthy(server, f"http://127.0.0.1:{port}")
+    key = armory.keys["valid"]
+    secret = key.partition("_")[2]  # the key's text after its prefix
+    failures = []
+    for name, template, status in MALFORMED:
+        raw = template.replace("{key}", key).replace("{header}", armory.header)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw.encode())
+            answer = read_until_closed(sock)
+        if not answer.startswith(f"HTTP/1.1 {status} ".encode()):
+            failures.append(f"{name}: expected {status}, got {answer[:100]!r}")
+        if secret.encode() in answer:
+            failures.append(f"{name}: the key is in the answer: {answer!r}")
+        if b"X-Request-ID" in answer:
+            failures.append(f"{name}: the app answered, not gunicorn")
+    assert not failures, "\n".join(failures)
+    assert server.stop() == 0
+    logged = server.output()
+    assert secret not in logged, logged
+    # Each refusal is still logged, by what was wrong.
+    assert logged.count("Invalid request from ip=127.0.0.1") == len(MALFORMED), logged
+
+
+def test_response_desync_no_second_answer_after_a_malformed_unread_body(armory: Armory, start):
+    """A request answered before its body was read gets that one answer, then the
+    connection closes, even when the rest of the body proves malformed: a second, error
+    answer would pass for the answer to the client's next request (response desync)."""
+    server, port = serve(armory, start, TRUSTED_PROXIES="1")
+    wait_until_healthy(server, f"http://127.0.0.1:{port}")
+    request = (
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nabcde\r\nnot-a-chunk-size\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        written = read_until_closed(sock)
+    head, _, after = written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), written
+    (length,) = re.findall(rb"(?im)^content-length: *(\d+)", head)
+    body, rest = after[: int(length)], after[int(length) :]
+    assert json.loads(body) == {"status": "ok"}
+    assert rest == b"", f"a second answer: {rest!r}"
+    assert server.stop() == 0
+
+
+# Where forwarded headers are believed, nobody may reach the app's port but the proxy.
+PUBLISH = re.compile(r"(?:-p|--publish)[ =]\"?([^\s\"]+)|(?:^|\s)(-P|--publish-all)\b")
+TRUSTS_PROXIES = re.compile(r"TRUSTED_PROXIES\s*[=:]\s*\"?[1-9]")
+
+
+def reachable_from_outside(spec: str) -> bool:
+    """Whether a docker or compose port mapping ([ip:]host:container[/proto]) listens on
+    all of the host's interfaces or on a public address."""
+    spec = spec.strip("'\"").partition("/")[0]
+    if spec.startswith("["):
+        host = spec[1 : spec.index("]")]
+    else:
+        parts = spec.split(":")
+        host = parts[0] if len(parts) == 3 else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return True  # no address (every interface), or a name that could be anything
+    return address.is_unspecified or not (address.is_loopback or address.is_private)
+
+
+def shell_commands(markdown: str) -> Iterator[str]:
+    """The commands of a Markdown file's code blocks, continuation lines joined."""
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", markdown, flags=re.MULTILINE | re.DOTALL):
+        yield from block.replace("\\\n", " ").splitlines()
+
+
+def compose_services(compose: str) -> dict[str, str]:
+    """compose.yaml's services, each as the text of its block."""
+    services = compose.partition("\nservices:\n")[2]
+    blocks = re.split(r"^  (?=[A-Za-z0-9_-]+:\s*$)", services, flags=re.MULTILINE)
+    return {block.partition(":")[0]: block for block in blocks if block.strip()}
+
+
+def compose_ports(service: str) -> list[str]:
+    """The short-syntax port mappings of a compose service's block."""
+    ports = re.search(r"^    ports:\n((?:      - .*\n)+)", service, flags=re.MULTILINE)
+    return re.findall(r"- \"?([^\"\s]+)", ports.group(1)) if ports else []
+
+
+def test_forwarded_headers_trusted_only_on_ports_the_public_cannot_reach(default_project: Baked):
+    """The README's `docker run` and compose.yaml never publish a port on every interface
+    (or a public one) while TRUSTED_PROXIES is set: a client reaching that port directly
+    could claim HTTPS and any IP address (spoofing past allowlists and the HTTPS rule)."""
+    # The check itself: what it must refuse and what it must let through.
+    for spec in (
+        "8000:8000",
+        "8000",
+        "0.0.0.0:8000:8000",
+        "[::]:8000:8000",
+        "-P",
+        "1.2.3.4:8000:8000",
+        "8000:8000/tcp",
+    ):
+        assert reachable_from_outside(spec), spec
+    for spec in (
+        "127.0.0.1:8000:8000",
+        "[::1]:8000:8000",
+        "10.0.0.5:8000:8000",
+        '"127.0.0.1:8000:8000"',
+        "127.0.0.1::8000/tcp",
+    ):
+        assert not reachable_from_outside(spec), spec
+
+    readme = (default_project.root / "README.md").read_text(encoding="utf-8")
+    runs = [line for line in shell_commands(readme) if "docker run" in line]
+    trusting = [line for line in runs if TRUSTS_PROXIES.search(line)]
+    assert trusting, f"no `docker run` with TRUSTED_PROXIES in the README: {runs}"
+    for line in trusting:
+        published = [p or flag for p, flag in PUBLISH.findall(line)]
+        assert published, line
+        assert not [spec for spec in published if reachable_from_outside(spec)], line
+
+    compose = (default_project.root / "compose.yaml").read_text(encoding="utf-8")
+    services = compose_services(compose)
+    assert compose_ports(services["app"]), compose
+    for name, block in services.items():
+        # The app serves plain HTTP there (REQUIRE_HTTPS=false): loopback only, in any case.
+        if name == "app" or TRUSTS_PROXIES.search(block):
+            assert not [spec for spec in compose_ports(block) if reachable_from_outside(spec)], (
+                block
+            )

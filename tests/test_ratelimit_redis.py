@@ -7,31 +7,38 @@ sockets, each on a fresh connection; ``X-Forwarded-Proto: https`` with
 TRUSTED_PROXIES=1 plays the TLS-terminating proxy, and ``X-Forwarded-For``
 picks the client IP the app sees.
 
-Which sync worker accepts a connection is up to the kernel. To be sure that
-both workers answer, a test *holds* one: it opens a connection and sends
-nothing yet, so the worker that accepted it waits on it while the other one
-takes every new connection; the held request is sent afterwards, and answered
-by the held worker.
+Which worker accepts a connection is up to the kernel. To choose the worker
+that answers, a test pauses the others (SIGSTOP) while it sends: a paused
+process accepts nothing, so the one left running takes every new connection.
+The paused workers resume (SIGCONT) as soon as the answers are in.
+
+Each request makes one atomic call to Redis (a Lua script), so the counts are
+exact: no worker can admit a request that another has already counted past
+the limit.
 """
 
 from __future__ import annotations
 
-import http.client
 import importlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import redis
 import requests
+from limits import parse
 
 from bakery import (
     Baked,
@@ -52,7 +59,11 @@ OTHER_CLIENT = "198.51.100.9"
 KEY_LIMIT = "10/hour"
 NO_FAILURE_LIMIT = "100000/hour"
 WORKERS_WARNING = "each worker counts separately"
-REDIS_START_TIMEOUT = 10
+# Seconds a redis-server, a sentinel or a worker may take to start or stop.
+PROCESS_TIMEOUT = 10
+# The name the tests' own Redis connections give themselves, to tell their
+# commands apart from the app's.
+TEST_CLIENT = "tests"
 
 
 # Redis
@@ -61,16 +72,19 @@ REDIS_START_TIMEOUT = 10
 class RedisServer:
     """A throw-away redis-server on a loopback port: nothing saved, every command logged.
 
-    The slow log with a threshold of 0 µs keeps every command with its
-    arguments, so a test can read back every key name the app ever used,
-    even one that expired or was deleted since.
+    The slow log with a threshold of 0 keeps every command with its arguments
+    and the client that sent it (a script's own commands too, from no client),
+    so a test can read back every key name the app ever used, even one that
+    expired or was deleted since, and count the app's round trips.
     """
 
     def __init__(self, binary: str, port: int, workdir: Path, *, cluster: bool = False) -> None:
         self.binary, self.port, self.workdir, self.cluster = binary, port, workdir, cluster
         self.url = f"redis+cluster://127.0.0.1:{port}" if cluster else f"redis://127.0.0.1:{port}/0"
         self.bus_port = free_port() if cluster else None
-        self.client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        self.client = redis.Redis(
+            host="127.0.0.1", port=port, socket_timeout=5, client_name=TEST_CLIENT
+        )
         self.process: subprocess.Popen | None = None
         self.starts = 0
         workdir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +112,7 @@ class RedisServer:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        deadline = time.monotonic() + PROCESS_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(
@@ -112,11 +126,11 @@ class RedisServer:
             except redis.ConnectionError:
                 pass
             time.sleep(0.05)
-        pytest.fail(f"redis-server did not answer PING within {REDIS_START_TIMEOUT}s")
+        pytest.fail(f"redis-server did not answer PING within {PROCESS_TIMEOUT}s")
 
     def _serve_every_slot(self) -> None:
         self.client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        deadline = time.monotonic() + PROCESS_TIMEOUT
         while b"cluster_state:ok" not in self.client.execute_command("CLUSTER", "INFO"):
             if time.monotonic() > deadline:
                 pytest.fail("the one-node Redis Cluster did not become ready")
@@ -152,6 +166,22 @@ class RedisServer:
         entries = self.client.slowlog_get(-1)
         assert len(entries) < 100000, "the slow log is full: commands were dropped"
         return [entry["command"] for entry in entries]
+
+    def last_command_id(self) -> int:
+        """The slow log's id of the last command run so far."""
+        return max((entry["id"] for entry in self.client.slowlog_get(-1)), default=-1)
+
+    def app_commands(self, after: int) -> list[bytes]:
+        """The commands clients other than the tests sent since the command ``after``: one
+        per round trip (a script's own commands come from no client address)."""
+        entries = sorted(self.client.slowlog_get(-1), key=lambda entry: entry["id"])
+        return [
+            entry["command"]
+            for entry in entries
+            if entry["id"] > after
+            and entry["client_name"] != TEST_CLIENT.encode()
+            and entry["client_address"].startswith(b"127.0.0.1:")
+        ]
 
 
 def redis_binary() -> str:
@@ -204,7 +234,7 @@ class RedisSentinel:
         )
         log.close()
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        deadline = time.monotonic() + PROCESS_TIMEOUT
         while True:
             try:
                 if client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.MASTER):
@@ -250,6 +280,7 @@ class Api:
     server: Server
     port: int
     header: str
+    workers: list[int] = field(default_factory=list)  # their process ids, in boot order
 
     @property
     def base(self) -> str:
@@ -268,43 +299,82 @@ class Api:
         response = requests.get(self.base + path, headers=self.headers(key, client_ip), timeout=10)
         return Answer(response.status_code, response.headers, response.text)
 
-    def hold(self) -> Held:
-        """Keep one worker waiting on a connection that has sent nothing yet."""
-        return Held(self, http.client.HTTPConnection("127.0.0.1", self.port, timeout=10))
-
-
-@dataclass
-class Held:
-    api: Api
-    connection: http.client.HTTPConnection
-
-    def __post_init__(self) -> None:
-        self.connection.connect()
-
-    def get(self, path: str, key: str | None = None, client_ip: str | None = None) -> Answer:
-        """Send the request at last: the worker that was held answers it."""
+    @contextmanager
+    def only(self, worker: int) -> Iterator[None]:
+        """Let only ``worker`` (an index into ``workers``) take new connections meanwhile:
+        the others are stopped (SIGSTOP), so they accept nothing, then go on (SIGCONT)."""
+        paused = [pid for index, pid in enumerate(self.workers) if index != worker]
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
         try:
-            self.connection.request("GET", path, headers=self.api.headers(key, client_ip))
-            response = self.connection.getresponse()
-            return Answer(response.status, response.headers, response.read().decode())
+            for pid in paused:
+                wait_until_stopped(pid)
+            yield
         finally:
-            self.connection.close()
+            for pid in paused:
+                os.kill(pid, signal.SIGCONT)
+
+    def to(
+        self, worker: int, path: str, key: str | None = None, client_ip: str | None = None
+    ) -> Answer:
+        """GET answered by ``worker``."""
+        with self.only(worker):
+            return self.get(path, key, client_ip)
+
+    def burst(self, count: int, path: str, key: str | None = None) -> list[Answer]:
+        """``count`` GETs sent at once from 10 threads, each on a connection of its own."""
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            return list(pool.map(lambda _: self.get(path, key), range(count)))
+
+
+def process_state(pid: int) -> str:
+    """A process's state letter, as ps shows it: ``T`` once it is stopped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:  # no /proc (macOS)
+        command = ["ps", "-o", "stat=", "-p", str(pid)]
+        return subprocess.run(command, capture_output=True, text=True, check=False).stdout[:1]
+
+
+def wait_until_stopped(pid: int) -> None:
+    """Return once ``pid`` has stopped: kill() may return while it still runs for a moment."""
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while process_state(pid) != "T":
+        if time.monotonic() > deadline:
+            pytest.fail(f"worker {pid} did not stop on SIGSTOP")
+        time.sleep(0.001)
+
+
+def booted_workers(server: Server, count: int) -> list[int]:
+    """The process ids of the ``count`` workers gunicorn says it booted."""
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while True:
+        pids = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", server.output())]
+        if len(pids) >= count:
+            assert len(pids) == count, "a worker was restarted:\n" + server.output()
+            return pids
+        if time.monotonic() > deadline:
+            pytest.fail(f"{count} workers did not boot:\n{server.output()}")
+        time.sleep(0.05)
 
 
 @pytest.fixture
 def serve(default_project: Baked, start, tmp_path):
-    """``serve(**settings)`` -> Api: the default project under gunicorn, until teardown."""
+    """``serve(**settings)`` -> Api: the default project (or ``project``) under gunicorn,
+    until teardown."""
 
-    def _serve(**settings: str) -> Api:
+    def _serve(project: Baked | None = None, **settings: str) -> Api:
+        project = project or default_project
         port = free_port()
         workers = settings.pop("WEB_CONCURRENCY")  # every test says how many it needs
         settings = {"TRUSTED_PROXIES": "1", **settings}
-        env = gunicorn_env(default_project, port, tmp_path, **settings)
+        env = gunicorn_env(project, port, tmp_path, **settings)
         env = {name: value for name, value in env.items() if value is not None}
         env["WEB_CONCURRENCY"] = workers
-        server = start(gunicorn_command(default_project), default_project.root, env)
-        api = Api(server, port, str(default_project.context["api_key_header"]))
+        server = start(gunicorn_command(project), project.root, env)
+        api = Api(server, port, str(project.context["api_key_header"]))
         wait_until_healthy(server, api.base)
+        api.workers = booted_workers(server, int(workers))
         return api
 
     return _serve
@@ -325,7 +395,7 @@ def package(default_project, monkeypatch) -> ModuleType:
 
 @pytest.fixture
 def ratelimit(package) -> ModuleType:
-    """The default project's ratelimit.py: its counters, for tests against Redis alone."""
+    """The default project's ratelimit.py: its storages and limiter, against Redis alone."""
     return importlib.import_module(f"{package.__name__}.ratelimit")
 
 
@@ -348,21 +418,32 @@ def assert_no_raw_key(redis_server: RedisServer, keys: ModuleType, sent: list[st
                 assert secret not in command, f"a raw key was sent to Redis: {command!r}"
 
 
-def counters_of(contents: Mapping[bytes, bytes], kind: str, identifier: str) -> dict[str, int]:
-    """The limiter's counters for one key fingerprint or one client IP."""
-    marker = f":{kind}:{identifier}:".encode()
-    return {name.decode(): int(value) for name, value in contents.items() if marker in name}
+def counters_of(contents: Mapping[bytes, bytes], *identifiers: str) -> dict[str, int]:
+    """The limiter's counters named by these parts: ``"key", fingerprint``, ``"auth-failures",
+    client`` or ``"route", endpoint, fingerprint`` (`limits` joins them with slashes)."""
+    marker = "/" + "/".join(identifiers) + "/"
+    return {
+        name.decode(): int(value) for name, value in contents.items() if marker in name.decode()
+    }
 
 
 def log_lines(server: Server, *words: str) -> list[str]:
     return [line for line in server.output().splitlines() if all(word in line for word in words)]
 
 
+def hash_tag(name: bytes) -> bytes:
+    """The part of a key name a Redis Cluster hashes: the first ``{...}``, if not empty."""
+    start = name.find(b"{")
+    end = name.find(b"}", start + 1)
+    return name[start + 1 : end] if start >= 0 and end > start + 1 else name
+
+
 # Tests
 
 
 def test_two_workers_share_one_limit_through_redis(serve, redis_server, keys):
-    """RATELIMIT_DEFAULT=10/hour, two workers: 10 answers in all, then 429 from either worker."""
+    """RATELIMIT_DEFAULT=10/hour, two workers answering in turns: 10 answers in all, then 429
+    from either worker, and never a 200 after a 429."""
     key = keys.generate_key()
     api = serve(
         API_KEYS=keys.hashed_entry(key),
@@ -372,15 +453,9 @@ def test_two_workers_share_one_limit_through_redis(serve, redis_server, keys):
         WEB_CONCURRENCY="2",
     )
 
-    # Nine requests to one worker while the other is held, then the held one's:
-    # it can only answer 200 with Remaining 0 if it counted the other's nine.
-    held = api.hold()
-    answers = [api.get(PROTECTED, key) for _ in range(9)]
-    answers.append(held.get(PROTECTED, key))
-    # Then six over the limit, again five to one worker and the last to the other.
-    held = api.hold()
-    answers += [api.get(PROTECTED, key) for _ in range(5)]
-    answers.append(held.get(PROTECTED, key))
+    # Each worker answers every other request: it can only report Remaining 9 - n for
+    # the nth if it counted the other's requests too.
+    answers = [api.to(sent % 2, PROTECTED, key) for sent in range(16)]
 
     assert [answer.status for answer in answers] == [200] * 10 + [429] * 6, [
         (answer.status, answer.headers.get("X-RateLimit-Remaining")) for answer in answers
@@ -396,17 +471,19 @@ def test_two_workers_share_one_limit_through_redis(serve, redis_server, keys):
         assert answer.headers["X-RateLimit-Limit"] == "10"
         assert answer.headers["X-RateLimit-Remaining"] == "0"
 
-    # One counter in Redis, named by the key's fingerprint; no raw key anywhere.
+    # One counter in Redis, named by the key's fingerprint, that counted every request
+    # once, the refused ones too; no raw key anywhere.
     counters = counters_of(redis_server.contents(), "key", keys.fingerprint(key))
-    assert len(counters) == 1 and min(counters.values()) >= 10, counters
+    assert list(counters.values()) == [16], counters
     assert_no_raw_key(redis_server, keys, [key])
     assert api.server.stop() == 0, api.server.output()
     assert not log_lines(api.server, WORKERS_WARNING), api.server.output()
 
 
-def test_two_workers_with_leases_admit_a_busy_client_up_to_its_limit(serve, redis_server, keys):
-    """RATELIMIT_DEFAULT=200/hour, two workers, 260 requests back to back: the workers count
-    them a lease at a time, in fewer round trips than requests, and never admit more than 200."""
+def test_two_workers_admit_a_busy_client_exactly_its_limit(serve, redis_server, keys):
+    """RATELIMIT_DEFAULT=200/hour, 260 requests in bursts of 20 sent at once, to one worker's
+    threads, the other's, or both workers: exactly the first 200 are admitted, each with a
+    place of its own in the count, and every later one is refused."""
     key = keys.generate_key()
     api = serve(
         API_KEYS=keys.hashed_entry(key),
@@ -415,33 +492,27 @@ def test_two_workers_with_leases_admit_a_busy_client_up_to_its_limit(serve, redi
         AUTH_FAILURE_LIMIT=NO_FAILURE_LIMIT,
         WEB_CONCURRENCY="2",
     )
-    held = api.hold()  # the held worker answers once the other has taken a lease or two
-    answers = [api.get(PROTECTED, key) for _ in range(20)]
-    answers.append(held.get(PROTECTED, key))
-    answers += [api.get(PROTECTED, key) for _ in range(239)]
+    bursts = []
+    for burst in range(13):
+        if burst % 3 == 2:  # both workers at once
+            bursts.append(api.burst(20, PROTECTED, key))
+        else:
+            with api.only(burst % 3):
+                bursts.append(api.burst(20, PROTECTED, key))
 
-    statuses = [answer.status for answer in answers]
-    assert set(statuses) == {200, 429}, statuses
-    admitted = statuses.count(200)
-    # Never more than the limit. A worker's lease holds at most 200 // 16 = 12 requests
-    # counted ahead, spent if that worker is sent more within a second (the kernel may
-    # hand every connection to the other one meanwhile): at most 24 counted unused.
-    assert 200 - 2 * 12 <= admitted <= 200, statuses
-    assert statuses[: 200 - 2 * 12] == [200] * (200 - 2 * 12)
-    # Each admitted request had its own place in the count.
-    places = [200 - int(answer.headers["X-RateLimit-Remaining"]) for answer in answers]
-    admitted_places = [
-        place for place, status in zip(places, statuses, strict=True) if status == 200
-    ]
-    assert len(set(admitted_places)) == admitted and max(admitted_places) <= 200, places
-    calls = script_calls(redis_server)
-    assert calls < len(answers) / 2, calls
+    statuses = [[answer.status for answer in answers] for answers in bursts]
+    assert statuses == [[200] * 20] * 10 + [[429] * 20] * 3, statuses
+    admitted = [answer for answers in bursts[:10] for answer in answers]
+    places = sorted(200 - int(answer.headers["X-RateLimit-Remaining"]) for answer in admitted)
+    assert places == list(range(1, 201)), places
+    counters = counters_of(redis_server.contents(), "key", keys.fingerprint(key))
+    assert list(counters.values()) == [260], counters
     assert_no_raw_key(redis_server, keys, [key])
     assert api.server.stop() == 0, api.server.output()
 
 
 def test_memory_storage_counts_per_worker(serve, keys):
-    """The control for the test above: with memory://, the held worker has not seen the others."""
+    """The control for the tests above: with memory://, a worker has not seen the other's."""
     key = keys.generate_key()
     api = serve(
         API_KEYS=keys.hashed_entry(key),
@@ -449,15 +520,27 @@ def test_memory_storage_counts_per_worker(serve, keys):
         RATELIMIT_DEFAULT=KEY_LIMIT,
         WEB_CONCURRENCY="2",
     )
-    held = api.hold()
-    remaining = [api.get(PROTECTED, key).headers["X-RateLimit-Remaining"] for _ in range(3)]
+    with api.only(0):
+        remaining = [api.get(PROTECTED, key).headers["X-RateLimit-Remaining"] for _ in range(3)]
     assert remaining == ["9", "8", "7"]
-    assert held.get(PROTECTED, key).headers["X-RateLimit-Remaining"] == "9"
+    assert api.to(1, PROTECTED, key).headers["X-RateLimit-Remaining"] == "9"
 
 
-def test_failed_authentications_stop_a_brute_force_loop(serve, redis_server, keys):
-    """AUTH_FAILURE_LIMIT=5/hour: five guesses get 401, every later request of that IP 429,
-    a right guess included; the attacker's own key too, once its lease's second is over."""
+@pytest.mark.parametrize(
+    ("attacker", "network", "neighbour"),
+    [
+        (ATTACKER, ATTACKER, OTHER_CLIENT),
+        # Each request from another address of one /64, as one IPv6 connection may send.
+        ("2001:db8:7:7:{0:x}::{0:x}", "2001:db8:7:7::/64", "2001:db8:7:8::1"),
+    ],
+    ids=["ipv4", "ipv6-64"],
+)
+def test_failed_authentications_stop_a_brute_force_loop(
+    serve, redis_server, keys, attacker, network, neighbour
+):
+    """AUTH_FAILURE_LIMIT=5/hour, two workers answering in turns: five guesses get 401, every
+    later request of that client 429, a right guess and the attacker's own key included, at
+    once and from either worker. The cap is checked before the key: those count on no key."""
     valid, own = keys.generate_key(), keys.generate_key()
     api = serve(
         API_KEYS=f"{keys.hashed_entry(valid)},{keys.hashed_entry(own)}",
@@ -468,23 +551,29 @@ def test_failed_authentications_stop_a_brute_force_loop(serve, redis_server, key
     )
     guesses = [keys.generate_key() for _ in range(30)]
     assert all(keys.is_well_formed(guess) for guess in guesses)
-    # The attacker holds a key of its own, busy enough for leases on the workers.
-    assert {api.get(PROTECTED, own, client_ip=ATTACKER).status for _ in range(8)} == {200}
+    # The attacker holds a key of its own, and has used it on both workers.
+    own_answers = [api.to(sent % 2, PROTECTED, own, attacker.format(sent)) for sent in range(8)]
+    assert {answer.status for answer in own_answers} == {200}
 
-    answers = [api.get(PROTECTED, guess, client_ip=ATTACKER) for guess in guesses]
+    answers = [
+        api.to(sent % 2, PROTECTED, guess, attacker.format(100 + sent))
+        for sent, guess in enumerate(guesses)
+    ]
 
     assert [answer.status for answer in answers] == [401] * 5 + [429] * 25
     assert {answer.json()["error"] for answer in answers[:5]} == {"invalid_api_key"}
     for answer in answers[5:]:
         assert answer.json()["error"] == "rate_limited", answer.text
         assert 1 <= int(answer.headers["Retry-After"]) <= 3600, answer.headers
-    # The attacker's IP is refused even with a valid key it guessed; another client is not.
-    blocked = api.get(PROTECTED, valid, client_ip=ATTACKER)
-    assert blocked.status == 429 and blocked.json()["error"] == "rate_limited", blocked.text
-    time.sleep(1.1)  # RedisCounters.LEASE_SECONDS: no lease of its own key is left
-    assert {api.get(PROTECTED, own, client_ip=ATTACKER).status for _ in range(4)} == {429}
-    assert api.get(PROTECTED, valid, client_ip=OTHER_CLIENT).status == 200
-    assert api.get("/health", client_ip=ATTACKER).status == 200
+    # The attacker is refused by either worker, at once, even with a valid key it guessed,
+    # and with its own; another client is not.
+    for worker in (0, 1):
+        for key in (valid, own):
+            blocked = api.to(worker, PROTECTED, key, attacker.format(200 + worker))
+            assert blocked.status == 429, blocked.text
+            assert blocked.json()["error"] == "rate_limited", blocked.text
+    assert api.get(PROTECTED, valid, client_ip=neighbour).status == 200
+    assert api.get("/health", client_ip=attacker.format(1)).status == 200
     assert api.get("/health").status == 200
 
     # Only five guesses were ever checked (and logged): the loop learned nothing more.
@@ -493,14 +582,20 @@ def test_failed_authentications_stop_a_brute_force_loop(serve, redis_server, key
     assert len(failures) == 5, "\n".join(failures)
     checked = {keys.fingerprint(guess) for guess in guesses[:5]}
     assert all(any(fp in line for fp in checked) for line in failures), failures
+    # One failure counter, for the attacker's address or /64, that counted every guess; the
+    # requests it refused with a key never reached that key's counter.
     contents = redis_server.contents()
-    assert counters_of(contents, "auth-failures", ATTACKER), contents
-    assert not counters_of(contents, "auth-failures", OTHER_CLIENT), contents
+    failure_counters = counters_of(contents, "auth-failures")
+    assert failure_counters == counters_of(contents, "auth-failures", network), contents
+    assert list(failure_counters.values()) == [30], contents
+    assert list(counters_of(contents, "key", keys.fingerprint(own)).values()) == [8], contents
+    assert list(counters_of(contents, "key", keys.fingerprint(valid)).values()) == [1], contents
     assert_no_raw_key(redis_server, keys, [valid, own, *guesses])
 
 
 def test_redis_stopped_mid_run_fails_closed_and_recovers(serve, redis_server, keys):
-    """No Redis: protected routes 503 (one ERROR logged), open routes 200; Redis back: 200."""
+    """No Redis: protected routes 503 with Retry-After (one ERROR logged), open routes 200;
+    Redis back: 200, counted again from the first request."""
     key = keys.generate_key()
     # One worker: "one ERROR line" is then exact (each worker notices the outage once).
     api = serve(
@@ -522,6 +617,7 @@ def test_redis_stopped_mid_run_fails_closed_and_recovers(serve, redis_server, ke
         assert answer.status == 503, answer.text
         assert answer.json()["error"] == "rate_limit_unavailable", answer.text
         assert answer.json()["message"]
+        assert 1 <= int(answer.headers["Retry-After"]) <= 60, answer.headers
         assert "Traceback" not in answer.text
     assert api.get("/health").status == 200
     openapi = api.get("/openapi.json")
@@ -532,9 +628,14 @@ def test_redis_stopped_mid_run_fails_closed_and_recovers(serve, redis_server, ke
 
     redis_server.start()
     deadline = time.monotonic() + 5
-    while (status := api.get(PROTECTED, key).status) != 200 and time.monotonic() < deadline:
+    while (answer := api.get(PROTECTED, key)).status != 200 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert status == 200, api.server.output()
+    assert answer.status == 200, api.server.output()
+    # The new Redis persisted nothing: counting starts again, with the first request served.
+    assert answer.headers["X-RateLimit-Remaining"] == "9", answer.headers
+    assert api.get(PROTECTED, key).headers["X-RateLimit-Remaining"] == "8"
+    counters = counters_of(redis_server.contents(), "key", keys.fingerprint(key))
+    assert list(counters.values()) == [2], counters
 
     assert api.server.stop() == 0, api.server.output()
     logged = api.server.output()
@@ -579,9 +680,99 @@ def test_no_raw_key_reaches_redis(serve, redis_server, keys):
     assert_no_raw_key(redis_server, keys, [plain, hashed, *guesses])
 
 
+def test_each_request_is_one_round_trip_to_redis(serve, redis_server, keys):
+    """Once each worker has loaded the script: one script call per keyed request, admitted or
+    refused, and per failed authentication; nothing else, and nothing for an open route."""
+    key = keys.generate_key()
+    api = serve(
+        API_KEYS=keys.hashed_entry(key),
+        RATELIMIT_STORAGE_URI=redis_server.url,
+        RATELIMIT_DEFAULT="12/hour",
+        AUTH_FAILURE_LIMIT="100/hour",
+        WEB_CONCURRENCY="2",
+    )
+    for worker in (0, 1):  # a worker's first call loads the script into Redis
+        assert api.to(worker, PROTECTED, key).status == 200
+    before = redis_server.last_command_id()
+
+    keyed = [api.to(sent % 2, PROTECTED, key).status for sent in range(12)]
+    guessed = [api.to(sent % 2, PROTECTED, keys.generate_key(), ATTACKER).status for sent in (0, 1)]
+    missing = api.get(PROTECTED).status
+    opened = [api.get(path).status for path in ("/health", "/openapi.json")]
+
+    assert keyed == [200] * 10 + [429] * 2
+    assert guessed == [401, 401] and missing == 401 and opened == [200, 200]
+    commands = redis_server.app_commands(after=before)
+    assert len(commands) == 12 + 2 + 1, commands
+    assert {tuple(command.split()[:2]) for command in commands} == {
+        tuple(commands[0].split()[:2])
+    }, commands
+    assert commands[0].startswith(b"EVALSHA "), commands
+
+
+ROUTE_WITH_ITS_OWN_LIMIT = """
+
+from .ratelimit import rate_limit
+
+
+@v1.get("/reports")
+@require_api_key
+@rate_limit("3/hour")
+def reports():
+    return {"reports": []}
+"""
+
+
+def test_a_route_limit_counts_per_key_and_route_across_workers(
+    serve, redis_server, keys, default_project, project_copy
+):
+    """An owner's view with @rate_limit("3/hour"): each key gets 3 from both workers
+    together, its own limit counts the same requests, and a request that touches both
+    limits is still one round trip."""
+    root = project_copy(default_project)
+    (api_py,) = root.glob("src/*/api.py")
+    api_py.write_text(api_py.read_text(encoding="utf-8") + ROUTE_WITH_ITS_OWN_LIMIT, "utf-8")
+    first, second, warm = (keys.generate_key() for _ in range(3))
+    api = serve(
+        Baked(root=root, context=default_project.context),
+        API_KEYS=",".join(keys.hashed_entry(key) for key in (first, second, warm)),
+        RATELIMIT_STORAGE_URI=redis_server.url,
+        RATELIMIT_DEFAULT=KEY_LIMIT,
+        AUTH_FAILURE_LIMIT=NO_FAILURE_LIMIT,
+        WEB_CONCURRENCY="2",
+    )
+    for worker in (0, 1):  # a worker's first call loads the script into Redis
+        assert api.to(worker, PROTECTED, warm).status == 200
+    before = redis_server.last_command_id()
+
+    reports = [api.to(sent % 2, "/v1/reports", first) for sent in range(4)]
+    assert [answer.status for answer in reports] == [200, 200, 200, 429], reports
+    assert reports[-1].json()["error"] == "rate_limited", reports[-1].text
+    # The headers tell of the limit closest to running out: the route's.
+    assert [answer.headers["X-RateLimit-Limit"] for answer in reports] == ["3"] * 4
+    assert [answer.headers["X-RateLimit-Remaining"] for answer in reports] == ["2", "1", "0", "0"]
+    # The same key elsewhere: its own limit only, which counted the four.
+    elsewhere = api.get(PROTECTED, first)
+    assert elsewhere.status == 200, elsewhere.text
+    assert elsewhere.headers["X-RateLimit-Limit"] == "10"
+    assert elsewhere.headers["X-RateLimit-Remaining"] == "5"
+    # Another key on the same route has a count of its own.
+    other = api.get("/v1/reports", second)
+    assert other.status == 200 and other.headers["X-RateLimit-Remaining"] == "2", other.headers
+
+    assert len(redis_server.app_commands(after=before)) == 4 + 1 + 1
+    contents = redis_server.contents()
+    first_fp, second_fp = keys.fingerprint(first), keys.fingerprint(second)
+    assert list(counters_of(contents, "route", "v1.reports", first_fp).values()) == [4], contents
+    assert list(counters_of(contents, "route", "v1.reports", second_fp).values()) == [1], contents
+    assert list(counters_of(contents, "key", first_fp).values()) == [5], contents
+    assert len(counters_of(contents, "route")) == 2, contents  # none for the other routes
+    assert_no_raw_key(redis_server, keys, [first, second, warm])
+
+
 @pytest.mark.parametrize("setup", ["cluster", "sentinel"])
 def test_a_redis_cluster_or_sentinel_holds_the_counters_too(
-    setup, default_project, package, redis_server, keys, tmp_path, request
+    setup, default_project, package, ratelimit, redis_server, keys, tmp_path, request
 ):
     """redis+cluster:// and redis+sentinel:// work as one server does. A Cluster refuses a
     script whose keys span hash slots, so every counter shares one hash tag."""
@@ -592,23 +783,30 @@ def test_a_redis_cluster_or_sentinel_holds_the_counters_too(
         sentinel = RedisSentinel(redis_server, tmp_path / "sentinel")
         request.addfinalizer(sentinel.stop)
         shared, url = redis_server, sentinel.url
-    key = keys.generate_key()
+    key, reader = keys.generate_key(), keys.generate_key()
     app = package.create_app(
         {
             "APP_ENV": "testing",
-            "API_KEYS": key,
+            "API_KEYS": f"{key},{reader}",
             "API_KEYS_FILE": str(tmp_path / "no-registry.toml"),
             "RATELIMIT_STORAGE_URI": url,
             "RATELIMIT_DEFAULT": "2/hour",
             "AUTH_FAILURE_LIMIT": "1/hour",
         }
     )
+    # A route with a limit of its own: a request there checks and counts three counters.
+    require_api_key = importlib.import_module(f"{package.__name__}.auth").require_api_key
+    app.add_url_rule(
+        "/v1/reports",
+        "reports",
+        require_api_key(ratelimit.rate_limit("1/hour")(lambda: {"reports": []})),
+    )
     client = app.test_client()
     header = str(default_project.context["api_key_header"])
 
-    def get(presented: str, client_ip: str = OTHER_CLIENT) -> int:
+    def get(presented: str, client_ip: str = OTHER_CLIENT, path: str = PROTECTED) -> int:
         return client.get(
-            PROTECTED,
+            path,
             headers={header: presented},
             base_url="https://localhost",
             environ_base={"REMOTE_ADDR": client_ip},
@@ -617,167 +815,125 @@ def test_a_redis_cluster_or_sentinel_holds_the_counters_too(
     assert [get(key) for _ in range(3)] == [200, 200, 429]
     assert [get(keys.generate_key(), ATTACKER) for _ in range(2)] == [401, 429]
     assert get(key, ATTACKER) == 429
+    assert [get(reader, path="/v1/reports") for _ in range(2)] == [200, 429]
     names = list(shared.contents())
-    tag = f"{{{default_project.package}}}:".encode()
-    assert len(names) == 2 and all(name.startswith(tag) for name in names), names
+    # Two keys' counters, the route's and the attacker's failures, under the package's tag.
+    assert len(names) == 4, names
+    assert {hash_tag(name) for name in names} == {default_project.package.encode()}, names
+    if setup == "cluster":
+        slots = {shared.client.execute_command("CLUSTER", "KEYSLOT", name) for name in names}
+        assert len(slots) == 1, slots
 
 
-def test_the_redis_script_counts_as_the_memory_counters_do(ratelimit, redis_server):
-    """The Lua script and ProcessCounters give the same windows for the same calls."""
-    memory, shared = ratelimit.ProcessCounters(), ratelimit.RedisCounters(redis_server.url)
+def test_the_redis_script_counts_as_the_memory_storage_does(ratelimit, redis_server):
+    """The Lua script and MemoryStorage give the same windows for the same calls."""
+    memory, shared = ratelimit.MemoryStorage(), ratelimit.RedisStorage(redis_server.url)
+    counter = ratelimit.Counter
+    guesses = counter("guesses", parse("3/minute"))
+    key, daily = counter("key", parse("5/minute")), counter("key-daily", parse("50/day"))
     calls = [
-        ((), [("guesses", 60, 3)]),  # a new window: count 1
-        ((), [("guesses", 60, 3)]),
-        ([("guesses", 3)], [("key", 60, 5), ("key-daily", 86400, 50)]),  # 2 < 3: counted
-        ((), [("guesses", 60, 3)]),
-        ([("guesses", 3)], [("key", 60, 5)]),  # 3 >= 3: stops there, the key is not counted
-        ([("unknown", 1)], [("key", 60, 5)]),  # a counter never hit reads 0
-        ([("key", 10), ("guesses", 3)], ()),  # checks stop at the first full one only
+        ((), [guesses]),  # a new window: count 1
+        ((), [guesses]),
+        ([guesses], [key, daily]),  # 2 < 3: counted
+        ((), [guesses]),
+        ([guesses], [key]),  # 3 >= 3: stops there, the key is not counted
+        ([counter("unknown", parse("1/minute"))], [key]),  # a counter never hit reads 0
+        ([counter("key", parse("10/minute")), guesses], ()),  # checks stop at the first full one
     ]
-    for checks, counts in calls:
+    for checked, counted in calls:
         began = time.time()
-        expected, got = memory.hit(checks, counts), shared.hit(checks, counts)
-        assert [count for count, _ in got] == [count for count, _ in expected], (checks, counts)
-        for (_, ends), (_, expected_ends) in zip(got, expected, strict=True):
-            assert abs(ends - expected_ends) < 1.5, (checks, counts, ends, expected_ends)
-            assert ends >= began - 0.01
-    assert shared.hit((), [("key", 60, 5)])[0][0] == 3
+        expected, got = memory.hit(checked, counted), shared.hit(checked, counted)
+        counts = [window.count for window in got]
+        assert counts == [window.count for window in expected], (checked, counted)
+        for window, expected_window in zip(got, expected, strict=True):
+            assert abs(window.ends - expected_window.ends) < 1.5, (checked, counted)
+            assert window.ends >= began - 0.01
+    assert shared.hit((), [key])[0].count == 3
 
 
-def script_calls(redis_server: RedisServer) -> int:
-    return sum(command.startswith((b"EVAL", b"EVALSHA")) for command in redis_server.commands())
+def key_record(keys: ModuleType):
+    """The record of a fresh key, as the key ring would hand it to the limiter."""
+    return keys.KeyRecord(name="busy", fingerprint=keys.fingerprint(keys.generate_key()))
 
 
-def test_leases_never_let_two_workers_exceed_a_limit(ratelimit, redis_server):
-    """Two workers' counters take leases for one busy client of a 100-hit limit, in turns of
-    uneven bursts: together they admit exactly hits 1 to 100 (each once), then refuse."""
-    workers = [ratelimit.RedisCounters(redis_server.url) for _ in range(2)]
-    for counters in workers:
-        counters.LEASE_SECONDS = 3600  # no lease ends by age while the test runs
-    checks, counts = (("failures", 5),), (("key", 3600, 100),)
+def test_two_limiters_sharing_redis_admit_exactly_the_limit(ratelimit, redis_server, keys):
+    """Two workers' limiters, eight threads each, 640 requests of one key with a limit of 100,
+    all at once: each has a place of its own in the count, and exactly 100 are admitted."""
+    limiters = [ratelimit.RateLimiter(redis_server.url, "100/hour", "5/hour") for _ in range(2)]
+    record = key_record(keys)
+    admitted: list[int] = []
+    refused: list[Exception] = []
 
-    admitted, refused = [], 0
-    for turn in range(60):
-        for _ in range(turn % 7 + 1):  # bursts of 1 to 7 requests, to each worker in turn
-            failures, (count, _) = workers[turn % 2].take(checks, counts)
-            assert failures[0] == 0
-            if count <= 100:
-                admitted.append(count)
-            else:
-                refused += 1
+    def serve(limiter) -> None:
+        for _ in range(40):
+            try:
+                admitted.append(limiter.admit(OTHER_CLIENT, record, "v1.secure_data", ())[1].count)
+            except ratelimit.RateLimited as refusal:
+                refused.append(refusal)
 
-    assert sorted(admitted) == list(range(1, 101))
-    assert refused > 100
-    # Leases are sized by what is left: near the end each hit is counted alone. Once
-    # refused, each worker repeats its refusal without Redis until its lease ends.
-    assert int(redis_server.client.get("key")) == 100 + len(workers)
-    assert script_calls(redis_server) < 100
-
-
-def test_a_busy_client_needs_few_round_trips(ratelimit, redis_server):
-    """500 requests of one client with a key far from its limit: about a dozen round trips,
-    and the windows still count the hits one by one."""
-    counters = ratelimit.RedisCounters(redis_server.url)
-    counters.LEASE_SECONDS = 3600
-    checks, counts = (("failures", 5),), (("key", 3600, 1_000_000), ("key-daily", 86400, 10**7))
-
-    windows = [counters.take(checks, counts) for _ in range(500)]
-
-    assert [window[1][0] for window in windows] == list(range(1, 501))
-    assert [window[2][0] for window in windows] == list(range(1, 501))
-    calls = script_calls(redis_server)
-    assert calls <= 20, calls  # leases of 1, 2, 4 ... up to MAX_LEASE (64)
-    counted = int(redis_server.client.get("key"))
-    assert 500 <= counted < 500 + counters.MAX_LEASE, counted
-    assert int(redis_server.client.get("key-daily")) == counted
-
-
-def test_a_lease_rechecks_its_client_within_its_period(ratelimit, redis_server):
-    """A client cut off on another worker is refused here once its lease's period ends;
-    a Redis that went away, from the first request that needs it."""
-    counters = ratelimit.RedisCounters(redis_server.url)
-    counters.LEASE_SECONDS = 0.5
-    checks, counts = (("failures", 5),), (("key", 3600, 1000),)
-    assert len(counters.take(checks, counts)) == 2  # a lease of 1 hit
-    assert len(counters.take(checks, counts)) == 2  # spent at once: a lease of 2
-    calls = script_calls(redis_server)
-
-    redis_server.client.set("failures", 5, ex=60)  # another worker cut the client off
-    assert len(counters.take(checks, counts)) == 2  # the rest of the lease
-    assert script_calls(redis_server) == calls
-    time.sleep(0.6)
-    assert counters.take(checks, counts) == [(5, pytest.approx(time.time() + 60, abs=2))]
-
-    redis_server.client.delete("failures")
-    for _ in range(4):  # leases of 1 and 2, spent at once, then one of 4: 3 hits left
-        counters.take(checks, counts)
-    redis_server.stop()
-    with pytest.raises(ratelimit.RateLimitUnavailable):
-        counters.hit((), (("other", 60, 10),))
-    with pytest.raises(ratelimit.RateLimitUnavailable):  # the lease went with the storage
-        counters.take(checks, counts)
-
-
-def test_old_leases_are_swept_and_hand_back_what_they_did_not_serve(ratelimit, redis_server):
-    """A worker keeps leases of the last few seconds' clients only, however many came, and
-    the hits a swept lease did not serve are counted no more."""
-    counters = ratelimit.RedisCounters(redis_server.url)
-    counters.LEASE_SECONDS = 0.05
-    counts = (("key", 3600, 1000),)
-    for client in range(50):  # a lease of 1, spent at once, then one of 2: 1 hit left
-        for _ in range(2):
-            counters.take(((f"failures:{client}", 5),), counts)
-    assert len(counters._leases) == 50
-    assert int(redis_server.client.get("key")) == 150
-    time.sleep(0.11)  # two lease periods: these leases no longer size the next ones
-    counters._next_sweep = 0  # as when SWEEP_EVERY has passed
-    counters.take((("failures:new", 5),), counts)
-    assert list(counters._leases) == [((("failures:new", 5),), counts)]
-    assert int(redis_server.client.get("key")) == 100 + 1  # served, and the new one
-
-
-def test_a_client_in_bursts_gets_its_whole_limit(ratelimit, redis_server):
-    """Bursts of 13 requests, each after a pause of two lease periods: every lease's unserved
-    hits are handed back with the next one, so the client gets exactly its 300."""
-    counters = ratelimit.RedisCounters(redis_server.url)
-    counters.LEASE_SECONDS = 0.05
-    checks, counts = (("failures", 5),), (("key", 3600, 300),)
-    admitted = 0
-    while True:
-        for _ in range(13):
-            _, (count, _) = counters.take(checks, counts)
-            if count > 300:
-                break
-            admitted += 1
-        else:
-            time.sleep(0.11)
-            continue
-        break
-    assert admitted == 300
-    assert int(redis_server.client.get("key")) == 301  # and the one refused
-
-
-def test_threads_of_one_worker_take_one_lease_at_a_time(ratelimit, redis_server):
-    """Eight threads of one worker (gthread) serve one busy client: while one takes the next
-    lease the others count a hit each, so no lease is replaced before it is spent."""
-    counters = ratelimit.RedisCounters(redis_server.url)
-    counters.LEASE_SECONDS = 3600
-    checks, counts = (("failures", 5),), (("key", 3600, 10**6),)
-    served = []
-
-    def serve() -> None:
-        for _ in range(300):
-            served.append(counters.take(checks, counts)[1][0])
-
-    threads = [threading.Thread(target=serve) for _ in range(8)]
+    threads = [threading.Thread(target=serve, args=(limiters[n % 2],)) for n in range(16)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
 
-    assert len(set(served)) == len(served) == 2400  # each its own place in the count
-    counted = int(redis_server.client.get("key"))
-    assert 0 <= counted - len(served) <= counters.MAX_LEASE, counted  # only the last lease
+    assert sorted(admitted) == list(range(1, 101))
+    assert len(refused) == 540
+    assert {refusal.headers["X-RateLimit-Remaining"] for refusal in refused} == {"0"}
+    counters = counters_of(redis_server.contents(), "key", record.fingerprint)
+    assert list(counters.values()) == [640], counters
+
+
+def test_a_client_cut_off_by_one_worker_is_refused_by_another_at_once(
+    ratelimit, redis_server, keys
+):
+    """A worker keeps no count of its own: a client another worker cut off is refused on its
+    next request, which counts on no key; a Redis that went away fails the next request, and
+    once back it counts again from there."""
+    here, there = (ratelimit.RateLimiter(redis_server.url, "100/hour", "5/hour") for _ in "ab")
+    record = key_record(keys)
+
+    def admit(client: str) -> int:
+        return here.admit(client, record, "v1.secure_data", ())[1].count
+
+    assert admit(ATTACKER) == 1
+    for _ in range(5):
+        there.count_failure(ATTACKER)  # five failures: the last one the cap lets through
+    with pytest.raises(ratelimit.RateLimited) as refusal:
+        admit(ATTACKER)
+    assert 1 <= int(refusal.value.headers["Retry-After"]) <= 3600
+    with pytest.raises(ratelimit.RateLimited):
+        there.count_failure(ATTACKER)
+    assert admit(OTHER_CLIENT) == 2
+
+    redis_server.stop()
+    with pytest.raises(ratelimit.RateLimitUnavailable):
+        admit(OTHER_CLIENT)
+    with pytest.raises(ratelimit.RateLimitUnavailable):
+        there.count_failure(OTHER_CLIENT)
+    redis_server.start()
+    assert admit(OTHER_CLIENT) == 1
+
+
+def test_redis_forgets_a_window_when_it_ends(ratelimit, redis_server):
+    """A window starts with its first hit, later hits do not stretch it, and Redis drops the
+    counter when it ends: it holds the current windows only, however many clients came."""
+    storage = ratelimit.RedisStorage(redis_server.url)
+    storage.hit((), [ratelimit.Counter("warm-up", parse("5/second"))])  # loads the script
+    counters = [ratelimit.Counter(f"client-{n}", parse("5/second")) for n in range(50)]
+    began = time.monotonic()
+    first = storage.hit((), counters)
+    time.sleep(0.4)
+    again = storage.hit((), counters)
+
+    assert [window.count for window in again] == [2] * 50
+    # A window stretched by the second hit would end 0.4 s later, with 1000 ms left.
+    for window, first_window in zip(again, first, strict=True):
+        assert window.ends < first_window.ends + 0.2, (window, first_window)
+    assert all(redis_server.client.pttl(counter.name) <= 650 for counter in counters)
+    time.sleep(max(0.0, began + 1.1 - time.monotonic()))
+    assert redis_server.client.exists(*(counter.name for counter in counters)) == 0
+    assert [window.count for window in storage.hit((), counters[:1])] == [1]
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,16 @@ Command-line flags and GUNICORN_CMD_ARGS override anything here.
 
 import os
 
+from {{ cookiecutter.package_name }}.workers import TimedHandshakeSocket
+
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Threads, so that a few clients sending their requests slowly, or never finishing
+# them, hold a thread each while the others answer /health and everyone else
+# (slowloris). The worker (workers.py) times each request's head and body reads
+# out, and keeps request text, keys included, out of gunicorn's error pages.
+worker_class = "{{ cookiecutter.package_name }}.workers.ThreadWorker"
+threads = 8
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
@@ -29,6 +37,13 @@ errorlog = "-"
 
 # No control socket: several servers on one host would fight over the default one.
 control_socket_disable = True
+
+
+def ssl_context(conf, default_ssl_context_factory):
+    """gunicorn's TLS set-up (--certfile), with each handshake timed out (slowloris)."""
+    context = default_ssl_context_factory()
+    context.sslsocket_class = TimedHandshakeSocket
+    return context
 {%- if cookiecutter.use_rate_limiting %}
 
 

@@ -1,7 +1,7 @@
 """The gunicorn worker this project runs: gunicorn's threaded worker, hardened.
 
-gunicorn.conf.py names it (``worker_class``). It closes two gaps of gunicorn's
-own gthread worker:
+gunicorn.conf.py names it (``worker_class``, and ``ssl_context`` when gunicorn
+terminates TLS). It closes three gaps of gunicorn's own gthread worker:
 
 - Slow clients (slowloris): a thread reads a request until it is complete, with
   no time limit, so a few clients that send half a request and wait hold every
@@ -11,15 +11,19 @@ own gthread worker:
 - Error pages that quote the request (credential leak): gunicorn answers a
   malformed request line or header with a 400 page, and a WARNING, that repeat
   the offending text, a key included. Here they say what was wrong, not what
-  was sent; and a request already answered gets no second, error answer.
+  was sent.
+- Two answers to one request (response desync): once a request is answered,
+  gthread reads the rest of a body the app left unread, and answers again if
+  that proves malformed. Here the connection just closes.
 
-It replaces four methods of gunicorn 27.0.1's gthread worker (pinned in
-pyproject.toml): read them again when you upgrade gunicorn.
+It builds on internals of gunicorn 27.0.1 (pinned in pyproject.toml): read them
+again when you upgrade gunicorn.
 """
 
 from __future__ import annotations
 
 import errno
+import ssl
 import time
 
 from gunicorn.http.errors import NoMoreData, ParseException
@@ -68,18 +72,32 @@ class TimedReader(SocketUnreader):
             self.sock.settimeout(previous)
 
 
+class TimedHandshakeSocket(ssl.SSLSocket):
+    """A TLS connection whose handshake must end within REQUEST_HEAD_TIMEOUT.
+
+    gunicorn.conf.py's ssl_context hook hands it to gunicorn, for when gunicorn
+    terminates TLS itself: a client could otherwise leave a handshake half done
+    and hold a thread for ever.
+    """
+
+    def do_handshake(self, block=False) -> None:
+        previous = self.gettimeout()
+        self.settimeout(REQUEST_HEAD_TIMEOUT)
+        try:
+            super().do_handshake(block)
+        finally:
+            self.settimeout(previous)
+
+
 class TimedConnection(gthread.TConn):
-    """A client connection whose TLS handshake and request heads are timed."""
+    """A client connection whose request heads are timed."""
 
     def init(self) -> None:
-        # gthread calls this before each request; the first call does the TLS
-        # handshake, which a client could otherwise leave half done for ever.
-        self.sock.settimeout(REQUEST_HEAD_TIMEOUT)
+        # gthread calls this before each request; the first call does the TLS handshake.
         try:
             super().init()
-        except TimeoutError:
+        except TimeoutError:  # a handshake left unfinished
             raise NoMoreData() from None  # gunicorn closes the connection quietly
-        self.sock.settimeout(None)
         if self.is_http2:
             return
         reader = self.parser.unreader
@@ -89,7 +107,8 @@ class TimedConnection(gthread.TConn):
 
 
 class ThreadWorker(gthread.ThreadWorker):
-    """gthread with timed connections and error pages that quote nothing."""
+    """gthread with timed connections, error pages that quote nothing, one answer
+    per request."""
 
     def accept(self, listener) -> None:
         """gthread's accept, with a TimedConnection."""
@@ -115,9 +134,7 @@ class ThreadWorker(gthread.ThreadWorker):
     def handle_error(self, req, client, addr, exc) -> None:
         """gunicorn's answer to a malformed request, without the request's text."""
         if getattr(req, "answered", False):
-            # A body the app left unread turned out malformed once it was answered:
-            # a second answer would pass for the answer to the client's next request
-            # (response desync). The connection just closes.
+            # A second answer would pass for the answer to the client's next request.
             return
         if isinstance(exc, ParseException):
             for name, value in vars(exc).items():
