@@ -88,6 +88,8 @@ class Attack:
     content_type: str = "application/json"
     # Text injected after a line break: logged, but no log line may start with it.
     logged_marker: str | None = None
+    # Text that must not reach the log at all (only a valid IP address may name a client).
+    never_logged: str | None = None
 
 
 JSON = (("Content-Type", "application/json"),)
@@ -233,6 +235,15 @@ ATTACKS = [
         headers=(*JSON, ("Content-Length", str(100 * MAX_BODY))),
     ),
     Attack(
+        "malformed chunk size in a body the app reads",
+        400,
+        "bad_request",
+        method="POST",
+        target="/v1/items",
+        headers=(*JSON, ("Transfer-Encoding", "chunked")),
+        body=b'5\r\n{"nam\r\nZZZZ\r\ne": "x"}\r\n0\r\n\r\n',
+    ),
+    Attack(
         "malformed JSON",
         400,
         "bad_request",
@@ -328,7 +339,7 @@ ATTACKS = [
         200,
         None,
         headers=(("X-Forwarded-For", "127.0.0.1\u0085FORGED-IP"),),
-        logged_marker="FORGED-IP",
+        never_logged="FORGED-IP",
     ),
     Attack(
         "Unicode line separator in User-Agent",
@@ -556,6 +567,8 @@ def assert_clean_log(server: Server, armory: Armory, attacks: list[Attack]) -> N
             forged = [line for line in text.splitlines() if line.startswith(attack.logged_marker)]
             assert not forged, f"{attack.name}: a forged log line\n{text}"
             assert attack.logged_marker in text, f"{attack.name}: the request was not logged"
+        if attack.never_logged:
+            assert attack.never_logged not in text, f"{attack.name}: logged\n{text}"
 
 
 # The keys (real or guessed) whose text must never be logged.

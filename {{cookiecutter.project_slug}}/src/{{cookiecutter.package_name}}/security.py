@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Request, current_app, request
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
@@ -50,8 +50,17 @@ class APIRequest(Request):
     A chunked body has no Content-Length to refuse up front, so Werkzeug stops
     reading it at the limit and the JSON parser sees a truncated document: that
     is a body too large (resource exhaustion), not a malformed one. A body nested
-    a thousand levels deep exhausts the parser's recursion: a 400, not a crash.
+    a thousand levels deep exhausts the parser's recursion, and a malformed chunk
+    cannot be read at all: each a 400, not a crash.
     """
+
+    def get_data(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().get_data(*args, **kwargs)
+        except HTTPException:
+            raise
+        except Exception:  # the server's stream failed: a malformed chunk, a hang-up
+            raise BadRequest("The request body could not be read.") from None
 
     def get_json(self, *args: Any, **kwargs: Any) -> Any:
         try:
