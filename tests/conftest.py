@@ -165,3 +165,27 @@ def start(tmp_path):
     yield _start
     for server in servers:
         server.stop()
+
+
+# ---- PostgreSQL (tests/postgres.py) ------------------------------------------------------
+# A real server per pytest process, made when a test of that process first asks for it
+# and removed when the process ends. No PostgreSQL: a loud skip, or a failure in CI.
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """The PostgreSQL server of this pytest process (see tests/postgres.py)."""
+    from postgres import PostgresServer
+
+    server = PostgresServer.create()
+    yield server
+    server.destroy(keep_log=tmp_path_factory.getbasetemp() / "postgresql.log")
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    """``postgresql+psycopg://user:password@127.0.0.1:port/db``: a database and role of its own."""
+    return postgres_server.url
+
+
+# ---- end of PostgreSQL --------------------------------------------------------------------
