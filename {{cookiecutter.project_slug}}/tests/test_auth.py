@@ -6,10 +6,13 @@ from unittest.mock import ANY
 
 import pytest
 from flask import Blueprint, g
+from sqlalchemy import func, select
 
 from {{ cookiecutter.package_name }} import keys
 from {{ cookiecutter.package_name }}.auth import require_api_key
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
+from {{ cookiecutter.package_name }}.db import db
+from {{ cookiecutter.package_name }}.models import Item
 
 OTHER_PREFIX = "zz" if keys.KEY_PREFIX != "zz" else "yy"
 # The WSGI environ name of the key header, for values a test client will not send.
@@ -181,7 +184,8 @@ def test_privilege_escalation_key_without_the_scope_is_refused(app, client, issu
     response = client.post("/v1/items", json={"name": "x"}, headers=headers)
     assert refused(response, 403, "insufficient_scope")
     assert "items:write" in response.json["message"]
-    assert app.extensions["items"].all() == []
+    with app.app_context():
+        assert db.session.scalar(select(func.count(Item.id))) == 0
 
 
 def test_key_with_no_scope_still_passes_a_bare_decorator(app, client, issue_key):
@@ -273,8 +277,22 @@ def test_whoami_describes_the_key_without_the_secret(client, key):
     assert response.status_code == 200
     assert response.json == {
         "name": "api-keys-1",
+        "owner": "api-keys-1",
         "scopes": ["*"],
         "expires": None,
         "fingerprint": keys.fingerprint(key),
     }
     assert key not in response.get_data(as_text=True)
+
+
+def test_whoami_names_the_owner_of_a_registry_key(make_app, registry_key):
+    """Keys made with ``flask keys create NAME --owner OWNER`` answer for their owner; a
+    key made without --owner is its own."""
+    ci, _ = registry_key("acme-ci", owner="acme", scopes=["items:read"])
+    solo, _ = registry_key("solo")
+    client = make_app().test_client()
+    answer = client.get("/v1/whoami", headers={API_KEY_HEADER: ci}).json
+    assert (answer["name"], answer["owner"]) == ("acme-ci", "acme")
+    assert (answer["scopes"], answer["fingerprint"]) == (["items:read"], keys.fingerprint(ci))
+    answer = client.get("/v1/whoami", headers={API_KEY_HEADER: solo}).json
+    assert (answer["name"], answer["owner"]) == ("solo", "solo")

@@ -2,9 +2,11 @@
 
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from {{ cookiecutter.package_name }} import keys
+from {{ cookiecutter.package_name }} import create_app, keys, registry
+from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "check_no_keys.py"
@@ -79,3 +81,25 @@ def test_missing_files_are_skipped(tmp_path):
     """A path that is gone (or a directory) is skipped, not an error."""
     result = check(tmp_path / "deleted.py", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_data_exposure_a_copy_of_the_database_holds_no_key(tmp_path, make_app, key, registry_key):
+    """The registry keeps hashes and metadata only: a backup or a stolen copy of the
+    database gives no way to call the API."""
+    created, _ = registry_key("partner", owner="acme", scopes=["items:read", "items:write"])
+    app = make_app()
+    client = app.test_client()
+    with create_app({"APP_ENV": "testing"}).app_context():
+        rotated, _, _ = registry.rotate("partner", grace=timedelta(days=1), now=datetime.now(UTC))
+    app.extensions["api_keys"].refresh()
+    for used in (key, created, rotated):
+        assert client.get("/v1/whoami", headers={API_KEY_HEADER: used}).status_code == 200
+    database = Path("instance/app.db").resolve()
+
+    assert check(database, cwd=tmp_path).returncode == 0
+
+    # The scan reads the database's text: a key written into it is found.
+    client.post("/v1/items", json={"name": f"pasted {created}"}, headers={API_KEY_HEADER: key})
+    found = check(database, cwd=tmp_path)
+    assert found.returncode == 1
+    assert keys.fingerprint(created) in found.stdout

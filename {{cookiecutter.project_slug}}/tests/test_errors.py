@@ -6,10 +6,12 @@ from datetime import UTC, datetime
 from unittest.mock import ANY
 
 import pytest
+from sqlalchemy import func, select
 
 from {{ cookiecutter.package_name }} import keys
-from {{ cookiecutter.package_name }}.api import MAX_NAME_LENGTH
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
+from {{ cookiecutter.package_name }}.db import db
+from {{ cookiecutter.package_name }}.models import ITEM_NAME_LENGTH, Item
 from {{ cookiecutter.package_name }}.openapi import ERROR_RESPONSES
 
 HTTPS = "https://localhost"
@@ -18,6 +20,12 @@ HTTPS = "https://localhost"
 def documented(status):
     """The error codes /openapi.json promises for ``status``."""
     return ERROR_RESPONSES[status][2]
+
+
+def item_count(app):
+    """How many items the app's database holds, whoever owns them."""
+    with app.app_context():
+        return db.session.scalar(select(func.count(Item.id)))
 
 
 # Each row: environment, method, path, request arguments, status, error code.
@@ -41,13 +49,16 @@ ERROR_TABLE = [
     (dict(), "POST", "/v1/items", dict(data="name=x"), 415, "unsupported_media_type"),
     (dict(), "POST", "/v1/items", dict(data="[", content_type=JSON), 400, "bad_request"),
     (dict(), "POST", "/v1/items", dict(json=dict(name="")), 422, "invalid_body"),
+    (dict(), "GET", "/v1/items", dict(query_string=dict(limit="0")), 422, "invalid_parameter"),
+    (dict(), "GET", "/v1/items", dict(query_string=dict(cursor="x")), 422, "invalid_parameter"),
+    (dict(), "GET", "/v1/items/12345", dict(), 404, "not_found"),
 ]
 
 
 @pytest.mark.parametrize(
     ("environ", "method", "path", "arguments", "status", "code"),
     ERROR_TABLE,
-    ids=[row[-1] for row in ERROR_TABLE],
+    ids=[f"{row[-1]}-{row[2]}" for row in ERROR_TABLE],
 )
 def test_error_table(make_app, key, environ, method, path, arguments, status, code):
     arguments = {"headers": {API_KEY_HEADER: key}, **arguments}
@@ -140,7 +151,7 @@ def test_information_disclosure_crash_in_production(make_app, key):
         {"name": ["a"]},
         {"name": dict(first="a")},
         {"title": "a"},
-        {"name": "x" * (MAX_NAME_LENGTH + 1)},
+        {"name": "x" * (ITEM_NAME_LENGTH + 1)},
         ["name"],
         "name",
         None,
@@ -156,7 +167,7 @@ def test_bad_item_body_is_unprocessable(app, client, key, body):
     )
     assert response.status_code == 422
     assert response.json == {"error": "invalid_body", "message": ANY}
-    assert app.extensions["items"].all() == []
+    assert item_count(app) == 0
 
 
 def test_malformed_json_is_a_bad_request(client, key):
@@ -187,7 +198,7 @@ def test_resource_exhaustion_body_over_the_limit_is_refused(make_app, key):
     assert big.status_code == 413
     assert big.json == {"error": "request_entity_too_large", "message": ANY}
     assert small.status_code == 201
-    assert len(app.extensions["items"].all()) == 1
+    assert item_count(app) == 1
 
 
 def test_resource_exhaustion_streamed_body_over_the_limit_is_refused(make_app, key):

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from {{ cookiecutter.package_name }}.api import MAX_PAGE_SIZE
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
 
 IGNORED_METHODS = frozenset(["HEAD", "OPTIONS"])
@@ -95,8 +96,9 @@ def test_every_reference_resolves(document):
             assert resolve(document, response)["description"], (path, method, status)
 
 
-def call(client, path, method, key):
+def call(client, path, method, key, item_id):
     headers = {API_KEY_HEADER: key}
+    path = path.replace("{item_id}", str(item_id))
     if method == "POST":
         return client.post(path, json={"name": "documented"}, headers=headers)
     return client.open(path, method=method, headers=headers)
@@ -122,10 +124,12 @@ def check(document, schema, value, where):
 def test_answers_match_their_documented_schemas(app, client, key, issue_key, document):
     reader = issue_key(app, scopes=frozenset(["items:read"]))
     expiring = issue_key(app, expires=datetime.now(UTC) + timedelta(days=1))
+    # An item of the API_KEYS key's owner: the other keys belong to another owner (404).
+    item_id = client.post("/v1/items", json={"name": "x"}, headers={API_KEY_HEADER: key}).json["id"]
     checked = 0
     for path, method, operation in operations(document):
         for used in (key, reader, expiring, "wrong", ""):
-            response = call(client, path, method, used)
+            response = call(client, path, method, used, item_id)
             where = (path, method, response.status_code)
             assert str(response.status_code) in operation["responses"], where
             documented = resolve(document, operation["responses"][str(response.status_code)])
@@ -143,3 +147,39 @@ def test_documented_errors_name_the_codes_the_api_sends(client, document):
     codes = error_schema["allOf"][1]["properties"]["error"]["enum"]
     response = client.get("/v1/whoami")
     assert response.json["error"] in codes
+
+
+def test_the_readiness_probe_is_documented_with_its_503(document):
+    operation = document["paths"]["/ready"]["get"]
+    assert "security" not in operation
+    assert set(operation["responses"]) == {"200", "503"}
+    unavailable = resolve(document, operation["responses"]["503"])
+    codes = unavailable["content"]["application/json"]["schema"]["allOf"][1]["properties"]
+    assert "not_ready" in codes["error"]["enum"]
+
+
+def test_the_list_parameters_are_documented_with_their_bounds(client, key, document):
+    operation = document["paths"]["/v1/items"]["get"]
+    parameters = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    assert set(parameters) == {"limit", "cursor"}
+    assert all(parameter["in"] == "query" for parameter in parameters.values())
+    limit = parameters["limit"]["schema"]
+    assert (limit["type"], limit["minimum"], limit["maximum"]) == ("integer", 1, MAX_PAGE_SIZE)
+    assert parameters["cursor"]["schema"]["type"] == "string"
+    # The answer to a limit out of bounds is one the document lists.
+    response = client.get("/v1/items?limit=0", headers={API_KEY_HEADER: key})
+    refused = resolve(document, operation["responses"][str(response.status_code)])
+    codes = refused["content"]["application/json"]["schema"]["allOf"][1]["properties"]
+    assert response.json["error"] in codes["error"]["enum"]
+    page = resolve(document, operation["responses"]["200"]["content"]["application/json"]["schema"])
+    assert set(page["required"]) == {"items", "next_cursor"}
+
+
+def test_one_item_is_documented_with_its_path_parameter_and_404(document):
+    operation = document["paths"]["/v1/items/{item_id}"]["get"]
+    (parameter,) = operation["parameters"]
+    assert (parameter["name"], parameter["in"], parameter["required"]) == ("item_id", "path", True)
+    assert parameter["schema"]["type"] == "integer"
+    assert {"200", "404"} <= set(operation["responses"])
+    assert operation["security"]
+    assert "items:read" in operation["summary"]

@@ -3,9 +3,12 @@
 import re
 
 import pytest
+from sqlalchemy import func, select
 
 from {{ cookiecutter.package_name }} import keys
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
+from {{ cookiecutter.package_name }}.db import db
+from {{ cookiecutter.package_name }}.models import Item
 
 HTTPS = "https://localhost"
 ONE_YEAR = 365 * 24 * 60 * 60
@@ -60,14 +63,19 @@ def test_credential_over_plaintext_unsafe_methods_are_refused(production, key, m
     )
     assert response.status_code == 403
     assert response.json["error"] == "https_required"
-    assert production.extensions["items"].all() == []
+    with production.app_context():
+        assert db.session.scalar(select(func.count(Item.id))) == 0
 
 
-def test_health_probe_is_exempt_from_https(production):
+@pytest.mark.parametrize(
+    ("path", "answer"), [("/health", {"status": "ok"}), ("/ready", {"status": "ready"})]
+)
+def test_probes_are_exempt_from_https(production, path, answer):
+    """Load balancers probe over plain HTTP; the probes carry no secret and take no key."""
     client = production.test_client()
-    assert client.get("/health").json == {"status": "ok"}
-    assert client.head("/health").status_code == 200
-    assert client.post("/health").json["error"] == "https_required"
+    assert client.get(path).json == answer
+    assert client.head(path).status_code == 200
+    assert client.post(path).json["error"] == "https_required"
 
 
 def test_https_requests_are_served(production, key):
@@ -98,6 +106,7 @@ def test_require_https_can_be_turned_off_in_production(make_app, key):
         ("/nowhere", HTTPS, True, 404),
         ("/v1/whoami", "http://localhost", True, 403),
         ("/health", "http://localhost", False, 200),
+        ("/ready", "http://localhost", False, 200),
     ],
 )
 def test_ssl_stripping_and_clickjacking_headers_on_every_production_response(

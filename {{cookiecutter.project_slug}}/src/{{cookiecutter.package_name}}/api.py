@@ -20,6 +20,9 @@ public = Blueprint("public", __name__)
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
 
 PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
+# The largest id a database column holds (SQLite INTEGER, PostgreSQL bigint): a larger
+# one in a URL names no item, and must not reach the database as an overflow (a 500).
+MAX_ID = 2**63 - 1
 
 
 def init_app(app: Flask) -> None:
@@ -100,9 +103,11 @@ def list_items():
 def get_item(item_id: int):
     """One of the caller's owner's items. Another owner's item is answered exactly as a
     missing one, so ids reveal nothing (broken object-level authorisation)."""
-    item = db.session.scalars(
-        select(Item).where(Item.id == item_id, Item.owner == g.api_key.owner)
-    ).first()
+    item = None
+    if item_id <= MAX_ID:
+        item = db.session.scalars(
+            select(Item).where(Item.id == item_id, Item.owner == g.api_key.owner)
+        ).first()
     if item is None:
         raise ResourceNotFound("No such item.")
     return _item(item)

@@ -17,6 +17,7 @@ from .errors import (
     InsufficientScope,
     InvalidAPIKey,
     InvalidBody,
+    InvalidParameter,
     IPNotAllowed,
     MissingAPIKey,
     NotReady,
@@ -83,8 +84,8 @@ ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
     ),
     422: (
         "UnprocessableContent",
-        "The JSON body does not have the expected fields.",
-        (InvalidBody.code,),
+        "The JSON body does not have the expected fields, or a query parameter is invalid.",
+        (InvalidBody.code, InvalidParameter.code),
     ),
 {%- if cookiecutter.use_rate_limiting %}
     429: (
