@@ -15,7 +15,7 @@ from pathlib import Path
 from limits import parse_many
 {% endif -%}
 from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from .keys import KeyConfigError, parse_api_keys, parse_network
 
@@ -67,11 +67,18 @@ def database_url(environ: Mapping[str, str]) -> str:
     raw = environ.get("DATABASE_URL", "").strip() or "sqlite:///instance/app.db"
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         # Never echo the URL itself: it may hold a password.
         raise ConfigError(
             "DATABASE_URL must be a SQLAlchemy URL such as sqlite:///... "
             "or postgresql+psycopg://..."
+        ) from None
+    try:
+        url.get_dialect().import_dbapi()
+    except (NoSuchModuleError, ImportError):
+        raise ConfigError(
+            f"DATABASE_URL: no installed driver for {url.drivername!r}; "
+            "use sqlite:///... or postgresql+psycopg://..."
         ) from None
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         url = url.set(database=str(Path(url.database).absolute()))
