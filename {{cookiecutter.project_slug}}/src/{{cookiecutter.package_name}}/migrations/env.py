@@ -2,8 +2,17 @@
 
 from alembic import context
 from flask import current_app
+from sqlalchemy import TypeDecorator
 
 migrate = current_app.extensions["migrate"]
+
+
+def render_item(kind, value, autogen_context):
+    """Write a column type of models.py (UTCDateTime) as the SQL type it stores: a
+    migration must not import the models it outlives, and `sa.` is already imported."""
+    if kind == "type" and isinstance(value, TypeDecorator):
+        return f"sa.{value.impl!r}"
+    return False  # Alembic's own rendering
 
 
 def run_offline() -> None:
@@ -17,7 +26,10 @@ def run_offline() -> None:
 def run_online() -> None:
     with migrate.db.engine.connect() as connection:
         context.configure(
-            connection=connection, target_metadata=migrate.db.metadata, **migrate.configure_args
+            connection=connection,
+            target_metadata=migrate.db.metadata,
+            render_item=render_item,
+            **migrate.configure_args,
         )
         with context.begin_transaction():
             context.run_migrations()
