@@ -154,7 +154,7 @@ def test_public_routes_are_not_limited(make_app, key):
     client = make_app(RATELIMIT_DEFAULT="1/hour", AUTH_FAILURE_LIMIT="1/hour").test_client()
     for _ in range(2):
         whoami(client, keys.generate_key(), ATTACKER)
-    for path in ("/health", "/openapi.json"):
+    for path in ("/health", "/ready", "/openapi.json"):
         answers = [client.get(path, environ_base=ATTACKER) for _ in range(5)]
         assert [r.status_code for r in answers] == [200] * 5
         assert "X-RateLimit-Limit" not in answers[0].headers
@@ -200,6 +200,21 @@ def test_unreachable_storage_fails_closed_with_503(make_app, key, logs):
     assert client.get("/health").status_code == 200
     errors = [line for line in logs.lines if " ERROR " in line and "rate-limit" in line]
     assert len(errors) == 1
+
+
+def test_ready_is_503_naming_redis_when_it_cannot_be_reached(make_app, logs):
+    port = closed_port()
+    storage = f"redis://:hunter2@localhost:{port}/0"
+    client = make_app(RATELIMIT_STORAGE_URI=storage).test_client()
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json["error"] == "not_ready"
+    assert "redis" in response.json["message"]
+    assert "database" not in response.json["message"]  # the database answers
+    for detail in ("hunter2", f":{port}", "localhost"):
+        assert detail not in response.get_data(as_text=True)
+        assert detail not in logs.text
+    assert client.get("/health").status_code == 200
 
 
 def test_rate_limits_are_documented_in_openapi(client):
@@ -341,7 +356,6 @@ def test_memory_storage_stops_at_a_full_check_and_counts_nothing():
     # Full: the check stops there, and the key's counter is not touched.
     assert [window.count for window in storage.hit([failures], [key])] == [3]
     assert storage.hit([key], ())[0].count == 1
-
 
 def test_the_registry_keeps_a_key_limit_through_rotation_and_a_reread(registry_path):
     now = datetime.now(UTC)
