@@ -375,3 +375,52 @@ def test_a_bad_key_limit_is_refused_in_a_change_and_in_the_file(registry_path):
     registry_path.write_text(registry_path.read_text() + 'rate_limit = "often"\n')
     with pytest.raises(registry.RegistryError, match="not a rate limit"):
         registry.read_entries(registry_path)
+
+
+# ---- a key's own limit in the database registry ------------------------------------------
+
+
+@pytest.mark.parametrize("limit", ["lots", "10 per fortnight", "100/minute; often"])
+def test_a_bad_key_limit_is_refused_by_the_registry(limit):
+    with create_app({"APP_ENV": "testing"}).app_context():
+        assert registry.check_rate_limit(None) is None
+        assert registry.check_rate_limit("100/hour;10/minute") == "100/hour;10/minute"
+        with pytest.raises(registry.RegistryError, match="not a rate limit"):
+            registry.check_rate_limit(limit)
+        with pytest.raises(registry.RegistryError, match="not a rate limit"):
+            registry.create("partner", rate_limit=limit, now=datetime.now(UTC))
+        assert registry.all_keys(now=datetime.now(UTC)) == []
+
+
+def test_rotation_keeps_the_key_limit_and_its_rate_limit_counter():
+    now = datetime.now(UTC)
+    with create_app({"APP_ENV": "testing"}).app_context():
+        _, first = registry.create("partner", rate_limit="10/second", now=now)
+        registry.rotate("partner", grace=timedelta(days=1), now=now)
+        _, successor, retired = registry.rotate("partner", grace=timedelta(days=1), now=now)
+        rows = [row for row in registry.all_keys(now=now) if row.name == "partner"]
+        assert [row.rate_limit for row in rows] == ["10/second"] * 3
+        # One count for the key and every predecessor still in its grace period: the first's.
+        assert {row.counter for row in rows} == {first.fingerprint}
+        assert registry.record(successor).counter == registry.record(retired).counter
+        assert registry.record(successor).rate_limit == "10/second"
+        # A key of its own has a counter of its own.
+        _, other = registry.create("other", now=now)
+        assert other.counter == other.fingerprint != first.fingerprint
+
+
+def test_a_rotated_key_and_its_successor_share_one_limit(make_app, registry_key):
+    """Rotation must not hand out a second full limit for the grace period."""
+    old_key, _ = registry_key("partner", rate_limit="3/hour")
+    app = make_app()
+    client = app.test_client()
+    assert [whoami(client, old_key).status_code for _ in range(2)] == [200, 200]
+    with create_app({"APP_ENV": "testing"}).app_context():
+        new_key, _, _ = registry.rotate("partner", grace=timedelta(days=1), now=datetime.now(UTC))
+    app.extensions["api_keys"].refresh()
+    answer = whoami(client, new_key)
+    assert answer.status_code == 200
+    assert answer.json["name"] == "partner"
+    assert answer.headers["X-RateLimit-Remaining"] == "0"
+    assert refused(whoami(client, new_key), 429, "rate_limited")
+    assert refused(whoami(client, old_key), 429, "rate_limited")

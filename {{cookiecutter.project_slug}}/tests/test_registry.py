@@ -1,25 +1,33 @@
-"""The key registry file and the live key ring built from it (registry.py).
+"""The key registry in the database (registry.py): its validators, and create, rotate,
+revoke and list as ``flask keys`` and any route of yours call them.
 
-The file holds hashes and metadata only, is written atomically, and a running
-server follows it within a second, keeping the last good version when it breaks.
+The database holds hashes and metadata only; every change bumps the registry's
+version once, and each row carries the version of its last change, so that a
+server reads only what changed (tests/test_keystore.py).
 """
 
-import logging
-import os
-import stat
-import time
 from datetime import UTC, datetime, timedelta
+from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 
-from {{ cookiecutter.package_name }} import keys, registry
-from {{ cookiecutter.package_name }}.registry import (
-    Entry,
-    KeyStore,
-    RegistryError,
-)
+from {{ cookiecutter.package_name }} import create_app, keys, registry
+from {{ cookiecutter.package_name }}.db import db
+from {{ cookiecutter.package_name }}.models import ApiKey, RegistryVersion
+from {{ cookiecutter.package_name }}.registry import KeyStatus, RegistryError
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def database():
+    """An app context on this test's own migrated database (instance/app.db)."""
+    with create_app({"APP_ENV": "testing"}).app_context():
+        yield
+        db.session.rollback()
 
 
 def random_part(key):
@@ -27,22 +35,19 @@ def random_part(key):
     return key[len(keys.KEY_PREFIX) + 1 : -keys.CHECKSUM_LENGTH]
 
 
-def entry(name="svc", key=None, **fields):
-    """A registry entry for ``key`` (a new one by default), created at NOW."""
-    key = key or keys.generate_key()
-    return Entry(name=name, hash=keys.hashed_entry(key), scopes=("*",), created=NOW, **fields)
+def version():
+    return db.session.scalar(select(RegistryVersion.version))
 
 
-@pytest.fixture
-def registry_logs():
-    """Records logged by the registry module (the package logger does not propagate)."""
-    records = []
-    handler = logging.Handler(level=logging.DEBUG)
-    handler.emit = records.append
-    logger = logging.getLogger(registry.__name__)
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
+def snapshot():
+    """The registry as the database holds it: its version and every column of every row."""
+    rows = db.session.execute(select(ApiKey.__table__).order_by("id")).all()
+    return version(), [tuple(row) for row in rows]
+
+
+def rows_named(name):
+    """Every row holding NAME, newest first (the current key, then its predecessors)."""
+    return [row for row in registry.all_keys(now=NOW) if row.name == name]
 
 
 # ---- durations and dates ------------------------------------------------------------
@@ -79,9 +84,10 @@ def test_bare_zero_is_a_duration_for_grace_zero():
     assert registry.parse_duration(" 0 ") == timedelta(0)
 
 
-def test_absurd_duration_is_a_clear_error():
-    with pytest.raises(RegistryError):
-        registry.parse_duration("99999999999d")
+@pytest.mark.parametrize("text", ["99999999999d", "9999999d", "5300w"])
+def test_absurd_duration_is_a_clear_error(text):
+    with pytest.raises(RegistryError, match="at most 100 years"):
+        registry.parse_duration(text)
 
 
 @pytest.mark.parametrize(
@@ -105,46 +111,147 @@ def test_malformed_date_is_refused(text):
         registry.parse_date(text)
 
 
-# ---- create, revoke, rotate -----------------------------------------------------------
+def test_a_date_past_the_last_one_python_knows_is_a_clear_error():
+    # In UTC this is the year 10000: an OverflowError unless caught.
+    with pytest.raises(RegistryError, match="out of range"):
+        registry.parse_date("9999-12-31T23:00:00-05:00")
+
+
+# ---- names, scopes and networks -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ci", "a", "x" * 64, "team.web-1_b", "9lives"])
+def test_good_names_are_kept_as_given(name):
+    assert registry.check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "has space", "-leading-dash", "x" * 65, "a/b", "é", "a\n"])
+def test_bad_name_is_refused(name):
+    with pytest.raises(RegistryError, match="not a valid key name"):
+        registry.check_name(name)
+
+
+def test_credential_leak_a_key_pasted_as_a_name_is_never_echoed():
+    pasted = keys.generate_key()
+    for text in (pasted, f"x{pasted}", f"{pasted} "):
+        with pytest.raises(RegistryError, match="is an API key, not a key name") as raised:
+            registry.check_name(text)
+        assert random_part(pasted) not in str(raised.value)
+    with pytest.raises(RegistryError) as raised:
+        registry.create("ci", owner=pasted, now=NOW)
+    assert random_part(pasted) not in str(raised.value)
+    assert registry.all_keys(now=NOW) == []
+
+
+def test_no_scope_means_every_scope_and_repeats_are_dropped():
+    assert registry.check_scopes([]) == ("*",)
+    assert registry.check_scopes(["items:read", "items:write", "items:read"]) == (
+        "items:read",
+        "items:write",
+    )
+
+
+@pytest.mark.parametrize("scope", ["items read", "", ":read", "a" * 65, "items/read", "**"])
+def test_bad_scope_is_refused(scope):
+    with pytest.raises(RegistryError, match="not a valid scope"):
+        registry.check_scopes(["items:read", scope])
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("203.0.113.7/24", "203.0.113.0/24"),
+        ("203.0.113.7", "203.0.113.7/32"),
+        ("2001:db8::1/32", "2001:db8::/32"),
+        # IPv4-mapped IPv6: clients are compared as IPv4, so it is kept as what it means.
+        ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+        ("::ffff:203.0.113.9", "203.0.113.9/32"),
+    ],
+)
+def test_networks_are_stored_normalised(given, stored):
+    assert registry.check_networks([given]) == (stored,)
+
+
+@pytest.mark.parametrize("network", ["10.0.0.300", "10.0.0.0/33", "example.com", "", "::/129"])
+def test_bad_network_is_refused(network):
+    with pytest.raises(RegistryError, match="not an IP address or CIDR"):
+        registry.check_networks(["10.0.0.0/8", network])
+
+
+# ---- create -------------------------------------------------------------------------
 
 
 def test_create_returns_a_well_formed_key_and_stores_only_its_hash():
-    entries = []
-    key, new = registry.create(entries, "ci", now=NOW)
+    key, new = registry.create("ci", now=NOW)
     assert keys.is_well_formed(key)
-    assert entries == [new]
-    assert new.hash == keys.hashed_entry(key)
-    assert new.fingerprint == keys.fingerprint(key)
-    assert new.created == NOW
-    assert new.status(NOW) == "active"
+    [stored] = registry.all_keys(now=NOW)
+    assert stored.id == new.id
+    assert stored.digest == keys.hashed_entry(key)
+    assert stored.fingerprint == keys.fingerprint(key)
+    assert stored.created == NOW
+    assert (stored.expires, stored.revoked, stored.rotated, stored.last_used) == (None,) * 4
+    assert stored.request_count == 0
+    assert registry.status(stored, NOW) == KeyStatus.ACTIVE
+    assert registry.find_key(key).id == new.id
+    assert registry.find_key(keys.generate_key()) is None
+
+
+def test_owner_defaults_to_the_name():
+    _, new = registry.create("ci", now=NOW)
+    assert registry.current("ci").owner == new.owner == "ci"
+
+
+def test_owner_is_kept_and_checked_like_a_name():
+    _, new = registry.create("ci-deploy", owner="acme", now=NOW)
+    assert registry.current("ci-deploy").owner == "acme"
+    assert registry.record(new).owner == "acme"
+    with pytest.raises(RegistryError, match="not a valid key name"):
+        registry.create("web", owner="acme corp", now=NOW)
 
 
 def test_create_without_scope_means_every_scope_and_nothing_more():
-    _, default = registry.create([], "ci", now=NOW)
-    assert default.scopes == ("*",)
-    _, scoped = registry.create([], "ci", scopes=["items:read", "items:read"], now=NOW)
-    assert scoped.scopes == ("items:read",)  # no '*' slipped in (privilege escalation)
+    registry.create("all", now=NOW)
+    registry.create("reader", scopes=["items:read", "items:read"], now=NOW)
+    assert registry.current("all").scopes == ["*"]
+    # No '*' slipped in next to the scope asked for (privilege escalation).
+    assert registry.current("reader").scopes == ["items:read"]
 
 
 def test_create_keeps_expiry_and_allowlist():
-    _, new = registry.create(
-        [],
+    registry.create(
         "ci",
         expires=NOW + timedelta(days=90),
-        allowed_ips=["203.0.113.7/24", "2001:db8::1/32"],
+        allowed_ips=["203.0.113.7/24", "2001:db8::1/32", "::ffff:10.0.0.0/104"],
         now=NOW,
     )
-    assert new.expires == NOW + timedelta(days=90)
-    assert new.allowed_ips == ("203.0.113.0/24", "2001:db8::/32")
+    stored = registry.current("ci")
+    assert stored.expires == NOW + timedelta(days=90)
+    assert stored.allowed_ips == ["203.0.113.0/24", "2001:db8::/32", "10.0.0.0/8"]
+
+
+def test_record_is_what_a_server_attaches_to_a_request():
+    _, new = registry.create(
+        "ci", owner="acme", scopes=["items:read"], allowed_ips=["203.0.113.0/24"], now=NOW
+    )
+    record = registry.record(new)
+    assert (record.name, record.owner, record.fingerprint, record.id) == (
+        "ci",
+        "acme",
+        new.fingerprint,
+        new.id,
+    )
+    assert record.scopes == frozenset({"items:read"})
+    assert record.allowed_ips == (ip_network("203.0.113.0/24"),)
+    assert record.revoked is False
+    assert registry.record(registry.revoke("ci", now=NOW)).revoked is True
 
 
 def test_duplicate_name_is_refused_and_changes_nothing():
-    entries = []
-    registry.create(entries, "ci", now=NOW)
-    before = list(entries)
+    registry.create("ci", now=NOW)
+    before = snapshot()
     with pytest.raises(RegistryError, match="already exists"):
-        registry.create(entries, "ci", now=NOW)
-    assert entries == before
+        registry.create("ci", owner="someone-else", now=NOW)
+    assert snapshot() == before
 
 
 @pytest.mark.parametrize(
@@ -155,375 +262,250 @@ def test_duplicate_name_is_refused_and_changes_nothing():
         ({"scopes": ["items read"]}, "not a valid scope"),
         ({"allowed_ips": ["10.0.0.300"]}, "not an IP address or CIDR"),
         ({"allowed_ips": ["10.0.0.0/33"]}, "not an IP address or CIDR"),
+        ({"owner": "-bad"}, "not a valid key name"),
     ],
 )
 def test_bad_create_is_refused_and_changes_nothing(fields, message):
-    entries = []
+    before = snapshot()
     with pytest.raises(RegistryError, match=message):
-        registry.create(entries, "ci", now=NOW, **fields)
-    assert entries == []
+        registry.create("ci", now=NOW, **fields)
+    assert snapshot() == before
 
 
-@pytest.mark.parametrize("name", ["", "has space", "-leading-dash", "x" * 65, "a/b", "é"])
-def test_bad_name_is_refused(name):
-    with pytest.raises(RegistryError, match="not a valid key name"):
-        registry.create([], name, now=NOW)
+def test_registry_leak_database_holds_no_raw_key():
+    issued = [
+        registry.create(name, scopes=["items:read"], now=NOW)[0]
+        for name in ("web", "ci", "batch", "partner")
+    ]
+    issued.append(registry.rotate("ci", grace=timedelta(days=1), now=NOW)[0])
+    registry.revoke("batch", now=NOW)
+    db.session.remove()
+    everything = Path(db.engine.url.database).read_bytes()
+    for key in issued:
+        assert key.encode() not in everything
+        assert random_part(key).encode() not in everything
+        assert keys.hashed_entry(key).encode() in everything
+    assert (keys.KEY_PREFIX + "_").encode() not in everything
+
+
+# ---- the unique digest ----------------------------------------------------------------
+
+
+def test_duplicate_hashes_are_refused_by_the_database():
+    """Two rows claiming one key would make its name, owner and rights ambiguous."""
+    key, first = registry.create("ci", scopes=["items:read"], now=NOW)
+    columns = [column.name for column in ApiKey.__table__.columns if column.name != "id"]
+    twin = {column: getattr(first, column) for column in columns}
+    twin.update(name="admin", owner="admin", scopes=["*"])
+    db.session.add(ApiKey(**twin))
+    with pytest.raises(IntegrityError):
+        db.session.commit()
+    db.session.rollback()
+    before = snapshot()
+    # Through the registry too: the change is refused whole, the version not bumped.
+    with pytest.raises(RegistryError), registry.changing() as number:
+        db.session.add(ApiKey(**{**twin, "version": number}))
+    assert snapshot() == before
+    assert registry.find_key(key).name == "ci"
+
+
+# ---- revoke ----------------------------------------------------------------------------
 
 
 def test_revoke_marks_the_key_and_keeps_the_first_revocation_time():
-    entries = []
-    registry.create(entries, "ci", now=NOW)
-    revoked = registry.revoke(entries, "ci", now=NOW + timedelta(hours=1))
+    registry.create("ci", now=NOW)
+    revoked = registry.revoke("ci", now=NOW + timedelta(hours=1))
     assert revoked.revoked == NOW + timedelta(hours=1)
-    assert revoked.status(NOW + timedelta(hours=2)) == "revoked"
-    again = registry.revoke(entries, "ci", now=NOW + timedelta(days=3))
+    assert registry.status(revoked, NOW + timedelta(hours=2)) == KeyStatus.REVOKED
+    again = registry.revoke("ci", now=NOW + timedelta(days=3))
     assert again.revoked == NOW + timedelta(hours=1)
-    assert revoked.record().revoked is True
+    assert registry.current("ci").revoked == NOW + timedelta(hours=1)
+
+
+def test_a_revoked_key_stays_revoked_whatever_its_expiry():
+    registry.create("ci", expires=NOW + timedelta(hours=1), now=NOW)
+    revoked = registry.revoke("ci", now=NOW)
+    assert registry.status(revoked, NOW + timedelta(days=1)) == KeyStatus.REVOKED
+    assert not KeyStatus.REVOKED.usable
+    assert not KeyStatus.EXPIRED.usable
+    assert KeyStatus.ACTIVE.usable
+    assert KeyStatus.ROTATED.usable
+
+
+def test_stale_credential_revoke_also_revokes_predecessors_still_in_grace():
+    registry.create("ci", now=NOW)
+    registry.rotate("ci", grace=timedelta(hours=1), now=NOW)  # over before the revocation
+    registry.rotate("ci", grace=timedelta(days=7), now=NOW + timedelta(hours=1))
+    later = NOW + timedelta(hours=2)
+    registry.revoke("ci", now=later)
+    current, in_grace, ended = rows_named("ci")
+    assert current.revoked == in_grace.revoked == later
+    assert registry.status(in_grace, later) == KeyStatus.REVOKED
+    # A predecessor whose grace period had already ended is left as it was: expired.
+    assert ended.revoked is None
+    assert registry.status(ended, later) == KeyStatus.EXPIRED
 
 
 def test_revoke_of_an_unknown_name_is_refused():
+    before = snapshot()
     with pytest.raises(RegistryError, match="no key named 'ghost'"):
-        registry.revoke([], "ghost", now=NOW)
+        registry.revoke("ghost", now=NOW)
+    assert snapshot() == before
 
 
-def test_rotate_gives_the_same_rights_to_a_new_key():
-    entries = []
+# ---- rotate ----------------------------------------------------------------------------
+
+
+def test_rotate_gives_the_same_owner_and_rights_to_a_new_key():
     old_key, old = registry.create(
-        entries,
         "ci",
+        owner="acme",
         scopes=["items:read", "items:write"],
         expires=NOW + timedelta(days=90),
         allowed_ips=["203.0.113.0/24"],
         now=NOW,
     )
     later = NOW + timedelta(days=1)
-    new_key, successor, retired = registry.rotate(entries, "ci", grace=timedelta(days=7), now=later)
+    new_key, successor, retired = registry.rotate("ci", grace=timedelta(days=7), now=later)
     assert keys.is_well_formed(new_key)
     assert new_key != old_key
-    assert successor.name == "ci"
-    assert successor.hash == keys.hashed_entry(new_key)
+    assert registry.find_key(new_key).id == successor.id
+    assert registry.current("ci").id == successor.id
+    assert (successor.name, successor.owner) == ("ci", "acme")
+    assert successor.digest == keys.hashed_entry(new_key)
     assert successor.created == later
-    assert successor.scopes == old.scopes
-    assert successor.allowed_ips == old.allowed_ips
+    assert successor.scopes == ["items:read", "items:write"]
+    assert successor.allowed_ips == ["203.0.113.0/24"]
+    assert successor.rotated_from == old.id
     # Same lifetime as the old key, counted from the rotation.
-    assert successor.expires == later + (old.expires - old.created)
-    assert successor.status(later) == "active"
-    # The old key: renamed, marked rotated, alive until the grace period ends.
-    assert retired.hash == old.hash
-    assert retired.name == f"ci.rotated-{old.fingerprint}"
+    assert successor.expires == later + timedelta(days=90)
+    assert registry.status(successor, later) == KeyStatus.ACTIVE
+    # The old key keeps its name, owner and hash, and lives until the grace period ends.
+    assert retired.id == old.id
+    assert (retired.name, retired.owner) == ("ci", "acme")
+    assert retired.digest == keys.hashed_entry(old_key)
     assert retired.rotated == later
     assert retired.revoked is None
     assert retired.expires == later + timedelta(days=7)
-    assert retired.status(later) == "rotated"
-    assert retired.status(later + timedelta(days=7)) == "expired"
-    assert entries == [successor, retired]
+    assert registry.status(retired, later) == KeyStatus.ROTATED
+    assert registry.status(retired, later + timedelta(days=7)) == KeyStatus.EXPIRED
+    assert registry.record(retired).name == "ci"
+    listed = [(row.name, row.fingerprint, registry.status(row, later)) for row in rows_named("ci")]
+    assert listed == [
+        ("ci", keys.fingerprint(new_key), KeyStatus.ACTIVE),
+        ("ci", keys.fingerprint(old_key), KeyStatus.ROTATED),
+    ]
 
 
 def test_rotate_never_extends_the_old_keys_life():
-    entries = []
-    _, old = registry.create(entries, "ci", expires=NOW + timedelta(days=2), now=NOW)
-    _, _, retired = registry.rotate(entries, "ci", grace=timedelta(days=7), now=NOW)
-    assert retired.expires == old.expires
+    registry.create("ci", expires=NOW + timedelta(days=2), now=NOW)
+    _, _, retired = registry.rotate("ci", grace=timedelta(days=7), now=NOW)
+    assert retired.expires == NOW + timedelta(days=2)
 
 
 def test_stale_credential_rotated_with_zero_grace_is_revoked_at_once():
-    entries = []
-    registry.create(entries, "ci", now=NOW)
-    _, _, retired = registry.rotate(entries, "ci", grace=timedelta(0), now=NOW)
+    registry.create("ci", now=NOW)
+    _, successor, retired = registry.rotate("ci", grace=timedelta(0), now=NOW)
     assert retired.revoked == NOW
-    assert retired.status(NOW) == "revoked"
-    assert retired.record().revoked is True
+    assert registry.status(retired, NOW) == KeyStatus.REVOKED
+    assert registry.record(retired).revoked is True
+    assert registry.status(successor, NOW) == KeyStatus.ACTIVE
 
 
-def test_rotating_twice_keeps_every_name_unique():
-    entries = []
-    registry.create(entries, "ci", now=NOW)
-    registry.rotate(entries, "ci", grace=timedelta(days=1), now=NOW)
-    registry.rotate(entries, "ci", grace=timedelta(days=1), now=NOW + timedelta(hours=1))
-    names = [item.name for item in entries]
-    assert len(names) == len(set(names)) == 3
-    assert [item.status(NOW + timedelta(hours=1)) for item in entries] == [
-        "active",
-        "rotated",
-        "rotated",
+def test_rotating_twice_keeps_one_current_key_per_name():
+    registry.create("ci", now=NOW)
+    registry.rotate("ci", grace=timedelta(days=1), now=NOW)
+    registry.rotate("ci", grace=timedelta(days=1), now=NOW + timedelta(hours=1))
+    rows = rows_named("ci")
+    assert [registry.status(row, NOW + timedelta(hours=1)) for row in rows] == [
+        KeyStatus.ACTIVE,
+        KeyStatus.ROTATED,
+        KeyStatus.ROTATED,
     ]
+    assert len({row.digest for row in rows}) == 3
+    assert rows[0].rotated_from == rows[1].id
+    assert rows[1].rotated_from == rows[2].id
 
 
-@pytest.mark.parametrize("state", ["revoked", "expired", "rotated"])
+def test_rotating_the_longest_name_keeps_it():
+    longest = "x" * 64
+    registry.create(longest, now=NOW)
+    registry.rotate(longest, grace=timedelta(days=1), now=NOW)
+    assert [row.name for row in registry.all_keys(now=NOW)] == [longest, longest]
+
+
+@pytest.mark.parametrize("state", ["revoked", "expired"])
 def test_stale_credential_cannot_be_rotated_back_to_life(state):
-    entries = []
-    registry.create(entries, "ci", expires=NOW + timedelta(hours=1), now=NOW)
-    now = NOW
+    registry.create("ci", expires=NOW + timedelta(hours=1), now=NOW)
+    now = NOW + timedelta(hours=2)
     if state == "revoked":
-        registry.revoke(entries, "ci", now=NOW)
-    elif state == "expired":
-        now = NOW + timedelta(hours=2)
-    else:
-        registry.rotate(entries, "ci", grace=timedelta(days=1), now=NOW)
-        entries[:] = entries[1:]  # only the retired entry is left, under its new name
-    name = entries[0].name
-    before = list(entries)
+        registry.revoke("ci", now=NOW)
+    before = snapshot()
     with pytest.raises(RegistryError, match="only an active key can be rotated"):
-        registry.rotate(entries, name, grace=timedelta(days=1), now=now)
-    assert entries == before
+        registry.rotate("ci", grace=timedelta(days=1), now=now)
+    assert snapshot() == before
 
 
 def test_rotate_of_an_unknown_name_is_refused():
+    registry.create("ci", now=NOW)
+    before = snapshot()
     with pytest.raises(RegistryError, match="no key named 'ghost'"):
-        registry.rotate([], "ghost", grace=timedelta(days=1), now=NOW)
+        registry.rotate("ghost", grace=timedelta(days=1), now=NOW)
+    assert snapshot() == before
 
 
-def test_rotating_the_longest_name_leaves_a_readable_registry(registry_path):
-    longest = "x" * registry.MAX_NEW_NAME_LENGTH
-    with registry.editing(registry_path) as entries:
-        registry.create(entries, longest, now=NOW)
-    with registry.editing(registry_path) as entries:
-        registry.rotate(entries, longest, grace=timedelta(days=1), now=NOW)
-    assert len(registry.read_entries(registry_path)) == 2
+# ---- listing ---------------------------------------------------------------------------
 
 
-def test_a_new_name_longer_than_a_rotated_one_could_be_is_refused(registry_path):
-    with pytest.raises(RegistryError, match="at most"), registry.editing(registry_path) as entries:
-        registry.create(entries, "x" * (registry.MAX_NEW_NAME_LENGTH + 1), now=NOW)
-    assert not registry_path.exists()
+def test_all_keys_by_name_then_newest_first():
+    for name in ("web", "batch", "ci"):
+        registry.create(name, now=NOW)
+    registry.rotate("ci", grace=timedelta(days=1), now=NOW)
+    rows = registry.all_keys(now=NOW)
+    assert [row.name for row in rows] == ["batch", "ci", "ci", "web"]
+    assert rows[1].id > rows[2].id
 
 
-# ---- reading the file -----------------------------------------------------------------
+def test_all_keys_unused_for_finds_stale_keys():
+    now = NOW + timedelta(days=365)
+    for name in ("never-used", "used-long-ago", "used-lately", "brand-new"):
+        registry.create(name, now=now - timedelta(days=1) if name == "brand-new" else NOW)
+    for name, last_used in (("used-long-ago", NOW + timedelta(days=10)), ("used-lately", now)):
+        db.session.execute(update(ApiKey).where(ApiKey.name == name).values(last_used=last_used))
+    db.session.commit()
+    unused = registry.all_keys(unused_for=timedelta(days=90), now=now)
+    # A key made yesterday has not been "unused for 90 days", however idle.
+    assert [row.name for row in unused] == ["never-used", "used-long-ago"]
+    assert len(registry.all_keys(now=now)) == 4
+    assert registry.all_keys(unused_for=timedelta(days=400), now=now) == []
 
 
-def test_missing_file_is_an_empty_registry(registry_path):
-    assert registry.read_entries(registry_path) == ()
+# ---- the version counter ----------------------------------------------------------------
 
 
-def test_entries_survive_a_write_and_a_read(registry_path):
-    written = [
-        entry("a", expires=NOW + timedelta(days=1), allowed_ips=("10.0.0.0/8", "2001:db8::/32")),
-        entry("b", revoked=NOW),
-        entry("c", rotated=NOW, expires=NOW + timedelta(hours=1)),
-    ]
-    registry.write_entries(registry_path, written)
-    assert registry.read_entries(registry_path) == tuple(written)
+def test_every_change_bumps_the_version_once_and_marks_the_rows_it_touched():
+    start = version()
+    _, a = registry.create("a", now=NOW)
+    _, b = registry.create("b", now=NOW)
+    assert version() == start + 2
+    assert (a.version, b.version) == (start + 1, start + 2)
 
+    _, successor, retired = registry.rotate("a", grace=timedelta(days=1), now=NOW)
+    assert version() == start + 3
+    assert successor.version == retired.version == start + 3
 
-def test_tampered_file_syntax_error_names_file_and_line(registry_path):
-    good = entry("a")
-    registry.write_entries(registry_path, [good])
-    text = registry_path.read_text()
-    registry_path.write_text(text + '\n[[keys]]\nname = "b"\nhash = \n')
-    bad_line = registry_path.read_text().splitlines().index("hash = ") + 1
-    with pytest.raises(RegistryError) as raised:
-        registry.read_entries(registry_path)
-    message = str(raised.value)
-    assert str(registry_path) in message
-    assert f"line {bad_line}" in message
-    assert good.hash not in message
+    registry.revoke("a", now=NOW)  # the current key and its predecessor in grace
+    assert version() == start + 4
+    by_id = {row.id: row.version for row in registry.all_keys(now=NOW)}
+    assert by_id == {a.id: start + 4, successor.id: start + 4, b.id: start + 2}
 
-
-def valid_table(key):
-    digest = keys.hashed_entry(key)
-    return (
-        f'name = "svc"\nhash = "{digest}"\nfingerprint = "{digest[7:19]}"\n'
-        'scopes = ["*"]\ncreated = 2030-06-01T12:00:00Z\n'
-    )
-
-
-@pytest.mark.parametrize(
-    ("replace", "by", "message"),
-    [
-        ('hash = "sha256:', 'hash = "sha256:X', "hash must be 'sha256:' and 64"),
-        ('hash = "sha256:', 'hash = "md5:', "hash must be 'sha256:' and 64"),
-        ('fingerprint = "', 'fingerprint = "0', "fingerprint does not match hash"),
-        ("12:00:00Z", "12:00:00", "created must be a date-time with a time zone"),
-        ('scopes = ["*"]', 'scopes = ["*"]\nexpires = 2031-01-01', "expires must be a date-time"),
-        ('scopes = ["*"]', 'scopes = ["*"]\nallowed_ips = ["10.0.0.300/8"]', "'10.0.0.300/8'"),
-        ('scopes = ["*"]', 'scopes = ["not a scope"]', "not a valid scope"),
-        ('name = "svc"', 'name = "no spaces"', "not a valid key name"),
-    ],
-    ids=[
-        "bad-hash",
-        "other-scheme",
-        "fingerprint-mismatch",
-        "naive-created",
-        "date-not-datetime",
-        "bad-cidr",
-        "bad-scope",
-        "bad-name",
-    ],
-)
-def test_tampered_entry_is_refused_naming_file_and_key(registry_path, replace, by, message):
-    good = valid_table(keys.generate_key()).replace('"svc"', '"first"')
-    bad = valid_table(keys.generate_key()).replace(replace, by, 1)
-    registry_path.write_text(f"[[keys]]\n{good}\n[[keys]]\n{bad}")
-    with pytest.raises(RegistryError) as raised:
-        registry.read_entries(registry_path)
-    text = str(raised.value)
-    assert text.startswith(f"{registry_path}: key #2 is invalid: ")
-    assert message in text
-
-
-def test_entry_without_creation_time_is_refused(registry_path):
-    registry_path.write_text("[[keys]]\n" + valid_table(keys.generate_key()).split("created")[0])
-    with pytest.raises(RegistryError, match="created"):
-        registry.read_entries(registry_path)
-
-
-def test_duplicate_names_in_the_file_are_refused(registry_path):
-    text = valid_table(keys.generate_key())
-    registry_path.write_text(f"[[keys]]\n{text}\n[[keys]]\n{valid_table(keys.generate_key())}")
-    with pytest.raises(RegistryError, match="duplicate key name 'svc'"):
-        registry.read_entries(registry_path)
-
-
-def test_non_utf8_file_is_a_clear_error(registry_path):
-    registry_path.write_bytes(b"\xff\xfe[[keys]]\n")
-    with pytest.raises(RegistryError, match=str(registry_path)):
-        registry.read_entries(registry_path)
-
-
-# ---- writing the file -----------------------------------------------------------------
-
-
-def test_registry_file_is_private_and_leaves_no_temporary_file(registry_path):
-    registry.write_entries(registry_path, [entry("a")])
-    registry.write_entries(registry_path, [entry("a"), entry("b")])
-    assert stat.S_IMODE(registry_path.stat().st_mode) == 0o600
-    assert sorted(p.name for p in registry_path.parent.iterdir()) == [registry_path.name]
-    assert registry_path.read_text().startswith("# API key registry")
-
-
-def test_registry_file_keeps_the_mode_its_operator_gave_it(registry_path):
-    registry.write_entries(registry_path, [entry("a")])
-    registry_path.chmod(0o640)  # e.g. readable by the server's group
-    registry.write_entries(registry_path, [entry("a"), entry("b")])
-    assert stat.S_IMODE(registry_path.stat().st_mode) == 0o640
-
-
-def test_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(registry_path, monkeypatch):
-    registry.write_entries(registry_path, [entry("a")])
-    before = registry_path.read_bytes()
-
-    def crash(source, destination):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        registry.write_entries(registry_path, [entry("a"), entry("b")])
-    assert registry_path.read_bytes() == before
-    assert [p.name for p in registry_path.parent.iterdir()] == [registry_path.name]
-
-
-def test_registry_leak_file_holds_no_raw_key(registry_path):
-    issued = []
-    with registry.editing(registry_path) as entries:
-        for name in ("web", "ci", "batch", "partner"):
-            issued.append(registry.create(entries, name, scopes=["items:read"], now=NOW)[0])
-    with registry.editing(registry_path) as entries:
-        issued.append(registry.rotate(entries, "ci", grace=timedelta(days=1), now=NOW)[0])
-    everything = "".join(p.read_text() for p in registry_path.parent.iterdir())
-    for key in issued:
-        assert key not in everything
-        assert random_part(key) not in everything
-        assert keys.hashed_entry(key) in everything
-    assert keys.KEY_PREFIX + "_" not in everything
-
-
-# ---- editing under a lock ---------------------------------------------------------------
-
-
-def test_editing_without_the_directory_fails_and_creates_nothing(tmp_path):
-    path = tmp_path / "missing" / "api_keys.toml"
-    with pytest.raises(RegistryError, match="does not exist"), registry.editing(path) as entries:
-        entries.append(entry())
-    assert not path.parent.exists()
-
-
-def test_failure_inside_editing_writes_nothing(registry_path):
-    with registry.editing(registry_path) as entries:
-        registry.create(entries, "a", now=NOW)
-    before = registry_path.read_bytes()
-    with pytest.raises(RegistryError), registry.editing(registry_path) as entries:
-        registry.create(entries, "b", now=NOW)
-        registry.create(entries, "a", now=NOW)  # duplicate: the whole change is dropped
-    assert registry_path.read_bytes() == before
-
-
-def test_failure_inside_editing_creates_no_file(registry_path):
-    with pytest.raises(RegistryError), registry.editing(registry_path) as entries:
-        registry.create(entries, "a", expires=NOW, now=NOW)
-    assert not registry_path.exists()
-
-
-# ---- the live key ring -----------------------------------------------------------------
-
-
-def test_key_store_picks_up_a_new_key_and_a_revocation(registry_path):
-    store = KeyStore([], registry_path, interval=0)
-    with registry.editing(registry_path) as entries:
-        new_key, _ = registry.create(entries, "ci", scopes=["items:read"], now=NOW)
-    record = store.lookup(new_key)
-    assert record is not None
-    assert record.name == "ci"
-    assert record.scopes == frozenset({"items:read"})
-    assert record.revoked is False
-    with registry.editing(registry_path) as entries:
-        registry.revoke(entries, "ci", now=NOW)
-    assert store.lookup(new_key).revoked is True
-
-
-def test_key_store_checks_the_file_at_most_once_per_interval(registry_path):
-    store = KeyStore([], registry_path, interval=0.5)
-    with registry.editing(registry_path) as entries:
-        new_key, _ = registry.create(entries, "ci", now=NOW)
-    assert store.lookup(new_key) is None  # not yet: no stat on every request
-    time.sleep(0.6)
-    assert store.lookup(new_key) is not None
-
-
-def test_key_store_keeps_api_keys_next_to_the_registry(registry_path, key):
-    store = KeyStore(keys.parse_api_keys(key), registry_path, interval=0)
-    with registry.editing(registry_path) as entries:
-        new_key, _ = registry.create(entries, "ci", now=NOW)
-    assert store.lookup(key).name == "api-keys-1"
-    assert store.lookup(new_key).name == "ci"
-    assert store.usable_count(NOW) == 2
-
-
-def test_tampered_file_at_runtime_keeps_the_last_good_ring(registry_path, registry_logs):
-    with registry.editing(registry_path) as entries:
-        old_key, _ = registry.create(entries, "ci", now=NOW)
-    store = KeyStore([], registry_path, interval=0)
-    registry_path.write_text(registry_path.read_text() + "\n[[keys]\n")
-    assert store.lookup(old_key).name == "ci"
-    errors = [r for r in registry_logs if r.levelno == logging.ERROR]
-    assert len(errors) == 1
-    assert str(registry_path) in errors[0].getMessage()
-    assert "line" in errors[0].getMessage()
-    # Fixed again: the next change is read as usual.
-    registry_path.unlink()
-    with registry.editing(registry_path) as entries:
-        new_key, _ = registry.create(entries, "web", now=NOW)
-    assert store.lookup(new_key).name == "web"
-    assert store.lookup(old_key) is None
-
-
-def test_unreadable_file_at_runtime_keeps_the_last_good_ring(registry_path, registry_logs):
-    with registry.editing(registry_path) as entries:
-        old_key, _ = registry.create(entries, "ci", now=NOW)
-    store = KeyStore([], registry_path, interval=0)
-    registry_path.unlink()
-    registry_path.mkdir()  # unreadable as a file, even for root
-    assert store.lookup(old_key).name == "ci"
-    assert [r.levelno for r in registry_logs] == [logging.ERROR]
-
-
-def test_usable_count_leaves_out_revoked_and_expired_keys(registry_path):
-    with registry.editing(registry_path) as entries:
-        registry.create(entries, "live", now=NOW)
-        registry.create(entries, "gone", now=NOW)
-        registry.revoke(entries, "gone", now=NOW)
-        registry.create(entries, "old", expires=NOW + timedelta(hours=1), now=NOW)
-        registry.create(entries, "moved", now=NOW)
-        registry.rotate(entries, "moved", grace=timedelta(days=1), now=NOW)
-    store = KeyStore([], registry_path)
-    # live, moved (the new key) and moved.rotated-... (in its grace period)
-    assert store.usable_count(NOW + timedelta(hours=2)) == 3
+    # A refused change leaves the counter where it was.
+    for refused in (
+        lambda: registry.create("b", now=NOW),
+        lambda: registry.rotate("a", grace=timedelta(days=1), now=NOW),
+        lambda: registry.revoke("ghost", now=NOW),
+    ):
+        with pytest.raises(RegistryError):
+            refused()
+    assert version() == start + 4
+    assert db.session.scalar(select(ApiKey.version).order_by(ApiKey.version.desc())) == start + 4

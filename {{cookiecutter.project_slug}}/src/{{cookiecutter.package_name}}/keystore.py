@@ -110,7 +110,14 @@ class KeyStore(KeyRing):
         if latest != self.version:
             changed = db.session.scalars(select(ApiKey).where(ApiKey.version > self.version))
             for key in changed:
-                self.add(key.digest.removeprefix(HASH_SCHEME), registry.record(key))
+                digest = key.digest.removeprefix(HASH_SCHEME)
+                try:
+                    self.add(digest, registry.record(key))
+                except ValueError as error:
+                    # A row edited by hand past the registry's checks: that key is refused
+                    # (fail closed), and every other key and later change still served.
+                    self._by_digest.pop(digest, None)
+                    log.error("key registry: key %r (id %d) refused: %s", key.name, key.id, error)
             for digest, record in self.static.items():  # API_KEYS wins over the registry
                 self.add(digest, record)
             self.version = latest
