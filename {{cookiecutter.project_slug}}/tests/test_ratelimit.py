@@ -357,25 +357,6 @@ def test_memory_storage_stops_at_a_full_check_and_counts_nothing():
     assert [window.count for window in storage.hit([failures], [key])] == [3]
     assert storage.hit([key], ())[0].count == 1
 
-def test_the_registry_keeps_a_key_limit_through_rotation_and_a_reread(registry_path):
-    now = datetime.now(UTC)
-    with registry.editing(registry_path) as entries:
-        _, created = registry.create(entries, "partner", rate_limit="10/second", now=now)
-        _, successor, _ = registry.rotate(entries, "partner", grace=timedelta(days=1), now=now)
-    assert created.rate_limit == successor.rate_limit == "10/second"
-    assert successor.record().rate_limit == "10/second"
-    assert [entry.rate_limit for entry in registry.read_entries(registry_path)] == ["10/second"] * 2
-
-
-def test_a_bad_key_limit_is_refused_in_a_change_and_in_the_file(registry_path):
-    with pytest.raises(registry.RegistryError, match="not a rate limit"):
-        registry.create([], "partner", rate_limit="lots", now=datetime.now(UTC))
-    with registry.editing(registry_path) as entries:
-        registry.create(entries, "partner", now=datetime.now(UTC))
-    registry_path.write_text(registry_path.read_text() + 'rate_limit = "often"\n')
-    with pytest.raises(registry.RegistryError, match="not a rate limit"):
-        registry.read_entries(registry_path)
-
 
 # ---- a key's own limit in the database registry ------------------------------------------
 
