@@ -8,6 +8,7 @@ migration (:func:`check_schema`), so it never serves on a half-made schema.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic.config import Config
@@ -17,10 +18,13 @@ from flask import Flask
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
 
 from .config import ConfigError
+from .errors import NotReady, error_response
+
+log = logging.getLogger(__name__)
 
 # The migrations ship inside the package, so a wheel and an image carry them.
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -49,6 +53,14 @@ def init_app(app: Flask) -> None:
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
     db.init_app(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS))
+    app.register_error_handler(OperationalError, _database_unavailable)
+
+
+def _database_unavailable(error: OperationalError):
+    """A request that needs the database while it is down: 503, which a client may retry,
+    and one line in the log, not a traceback per request for as long as the outage lasts."""
+    log.warning("database unavailable: %s", type(error.orig or error).__name__)
+    return error_response(NotReady.status, NotReady.code, "Not ready: database unavailable.")
 
 
 def check_schema(app: Flask) -> None:
