@@ -98,10 +98,8 @@ class KeyStore(KeyRing):
 
     def usable_count(self, now: datetime) -> int:
         """How many keys could authenticate now (not revoked, not expired)."""
-        return sum(
-            not record.revoked and not record.is_expired(now)
-            for record in self._by_digest.values()
-        )
+        records = self._by_digest.values()
+        return sum(not record.revoked and not record.is_expired(now) for record in records)
 
     def _read_changes(self) -> None:
         latest = db.session.scalar(select(RegistryVersion.version))

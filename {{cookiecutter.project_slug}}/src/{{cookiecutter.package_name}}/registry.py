@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+{% if cookiecutter.use_rate_limiting -%}
+from limits import parse_many
+{% endif -%}
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
-{%- if cookiecutter.use_rate_limiting %}
-from limits import parse_many
-{%- endif %}
 
 from .db import db
 from .keys import (
@@ -279,8 +279,8 @@ def rotate(name: str, *, grace: timedelta, now: datetime) -> tuple[str, ApiKey, 
     Returns the new key, the new entry and the old one.
     """
     old = current(name)
-    if status(old, now) != KeyStatus.ACTIVE:
-        raise RegistryError(f"key {name!r} is {status(old, now)}; only an active key can be rotated")
+    if (state := status(old, now)) != KeyStatus.ACTIVE:
+        raise RegistryError(f"key {name!r} is {state}; only an active key can be rotated")
     key = generate_key()
     lifetime = old.expires - old.created if old.expires else None
     with changing() as version:
