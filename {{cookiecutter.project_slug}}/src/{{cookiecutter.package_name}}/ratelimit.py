@@ -188,8 +188,7 @@ class RateLimiter:
         checked = self._failure_counters(client)
         key_limits = parse_many(record.rate_limit) if record.rate_limit else self.default_limits
         counted = [
-            Counter(limit.key_for(NAMESPACE, "key", record.counter), limit)
-            for limit in key_limits
+            Counter(limit.key_for(NAMESPACE, "key", record.counter), limit) for limit in key_limits
         ] + [
             Counter(limit.key_for(NAMESPACE, "route", route, record.counter), limit)
             for limit in route_limits
