@@ -20,13 +20,10 @@ process; each test uses keys and owners of its own.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,22 +31,18 @@ from types import ModuleType
 
 import pytest
 import requests
-from test_ratelimit_redis import (
-    RedisServer,
-    booted_workers,
-    random_part,
-    redis_binary,
-    wait_until_stopped,
-)
+from test_ratelimit_redis import RedisServer, random_part, redis_binary
 
 from bakery import (
     Baked,
     Server,
+    booted_workers,
     clean_env,
     free_port,
     gunicorn_command,
     json_lines,
     load_keys_module,
+    only_worker,
     output,
     run,
     tool,
@@ -130,25 +123,11 @@ class Host:
         response = requests.post(self.base + path, headers=self.headers(key), json=body, timeout=10)
         return self.cluster.count(key, Answer(response.status_code, response.text))
 
-    @contextmanager
-    def only(self, worker: int) -> Iterator[None]:
-        """Let only ``worker`` (an index into ``workers``) take new connections meanwhile."""
-        paused = [pid for index, pid in enumerate(self.workers) if index != worker]
-        for pid in paused:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            for pid in paused:
-                wait_until_stopped(pid)
-            yield
-        finally:
-            for pid in paused:
-                os.kill(pid, signal.SIGCONT)
-
     def from_each_worker(self, path: str, key: str | None = None) -> list[Answer]:
         """GET answered once by each worker, in turn."""
         answers = []
         for worker in range(len(self.workers)):
-            with self.only(worker):
+            with only_worker(self.workers, worker):
                 answers.append(self.get(path, key))
         return answers
 
