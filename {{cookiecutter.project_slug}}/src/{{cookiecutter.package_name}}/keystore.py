@@ -1,23 +1,29 @@
 """The keys a server process accepts: API_KEYS plus the registry, held in memory.
 
 The key check never waits on the database. Each process keeps every key's
-record in a dict keyed by its SHA-256 (keys.KeyRing) and, at most once a second,
-asks the database for the registry's version; only when it moved does it read
+record in a dict keyed by its SHA-256 (keys.KeyRing) and, once a second, asks
+the database for the registry's version; only when it moved does it read
 the rows changed since the version it last saw. A key created, rotated or
 revoked on any host is honoured by every process within about a second, and a
 refresh costs what changed, never the registry's size.
 
-When the database goes away, the process keeps checking keys against the last
-registry it read, logs one ERROR (``/ready`` answers 503), and catches up by
-itself when the database returns. Requests made with each key are counted here
-and written to the registry in batches, never a write per request.
+A thread of each process does the looking, so no request waits on the
+database. When the database goes away, the process keeps checking keys against
+the last registry it read, logs one ERROR (``/ready`` answers 503), and catches
+up by itself when the database returns. Requests made with each key are counted
+here and written to the registry by that thread every 30 seconds, and when the
+process exits: never a write per request.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -51,10 +57,19 @@ class KeyStore(KeyRing):
         self._usage: dict[int, tuple[int, datetime]] = {}
         self._usage_lock = threading.Lock()
         self._flushed = time.monotonic()
+        self._refresher_pid: int | None = None  # the process whose refresher thread runs
 
     def lookup(self, presented: str) -> KeyRecord | None:
-        """The record of a presented key, from a registry at most about a second old."""
-        if time.monotonic() - self._refreshed >= REFRESH_EVERY:
+        """The record of a presented key, from a registry at most about a second old.
+
+        A background thread of each process keeps the registry fresh, so a request
+        reads the database only when that thread has fallen behind: the first request
+        of a worker forked long after start-up, say. Even then it never waits for a
+        refresh another thread is making.
+        """
+        if self._refresher_pid != os.getpid():
+            self._start_refresher()
+        if time.monotonic() - self._refreshed >= 2 * REFRESH_EVERY:
             self.refresh()
         return super().lookup(presented)
 
@@ -87,6 +102,21 @@ class KeyStore(KeyRing):
             self.healthy = False
         finally:
             self._refreshing.release()
+
+    def _start_refresher(self) -> None:
+        """Refresh every REFRESH_EVERY seconds in a thread of this process, for as long as
+        the store lives; write the usage counts still pending when the process exits."""
+        self._refresher_pid = os.getpid()
+        store = weakref.ref(self)
+
+        def refresh_forever() -> None:
+            while (live := store()) is not None:
+                live.refresh()
+                del live  # hold no reference while asleep
+                time.sleep(REFRESH_EVERY)
+
+        threading.Thread(target=refresh_forever, name="key-registry", daemon=True).start()
+        atexit.register(_flush_at_exit, store)
 
     def record_use(self, record: KeyRecord) -> None:
         """Count a request made with a registry key, for its last-used time and count."""
@@ -154,6 +184,13 @@ class KeyStore(KeyRing):
                     previous, _ = self._usage.get(key, (0, None))
                     self._usage[key] = (previous + count, last)
             raise
+
+
+def _flush_at_exit(store: weakref.ref[KeyStore]) -> None:
+    """Write what a stopping process counted (gunicorn restarts workers)."""
+    if (live := store()) is not None:
+        with live.app.app_context(), contextlib.suppress(SQLAlchemyError):
+            live._flush_usage()
 
 
 def init_app(app: Flask) -> None:
