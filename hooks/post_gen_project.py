@@ -130,7 +130,7 @@ def summary(answers, root, wrote_env):
             "  Next:",
             f"    cd {shlex.quote(where_to_cd(root))}",
             "    make install   # .venv with the project and its dev tools",
-            "    make run       # http://127.0.0.1:5000, with the key from .env",
+            "    make run       # migrates the database, serves http://127.0.0.1:5000",
             "",
             "  Then, in another terminal:",
             f"    {curl}",
