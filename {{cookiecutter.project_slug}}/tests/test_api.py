@@ -14,7 +14,11 @@ from {{ cookiecutter.package_name }}.db import db
 from {{ cookiecutter.package_name }}.models import ITEM_NAME_LENGTH, Item
 
 # Headers that differ between any two responses, whatever they answer.
+{%- if cookiecutter.use_rate_limiting %}
 PER_REQUEST_HEADERS = ("X-Request-ID", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+{%- else %}
+PER_REQUEST_HEADERS = ("X-Request-ID",)
+{%- endif %}
 
 
 def stored_items(app):

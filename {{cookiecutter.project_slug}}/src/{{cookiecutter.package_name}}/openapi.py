@@ -98,10 +98,11 @@ ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
     500: ("InternalError", "The server failed; details are in its log.", (APIError.code,)),
     503: (
         "ServiceUnavailable",
-        "A service the API needs cannot be reached; see Retry-After where given.",
 {%- if cookiecutter.use_rate_limiting %}
+        "A service the API needs cannot be reached; see Retry-After where given.",
         (NotReady.code, RateLimitUnavailable.code),
 {%- else %}
+        "A service the API needs cannot be reached.",
         (NotReady.code,),
 {%- endif %}
     ),
@@ -132,7 +133,7 @@ def openapi_document() -> dict[str, Any]:
             },
             "/ready": {
                 "get": {
-                    "summary": "Readiness probe: the database (and Redis, when used) answer",
+                    "summary": "Readiness probe: the services the API needs answer",
                     "operationId": "ready",
                     "responses": {
                         "200": {"description": "Ready", "content": _json(_ref("Ready"))},

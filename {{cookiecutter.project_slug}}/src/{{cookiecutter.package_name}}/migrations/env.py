@@ -1,10 +1,14 @@
 """Alembic's entry point for ``flask db``: migrations run on the app's own database."""
 
+from logging.config import fileConfig
+
 from alembic import context
 from flask import current_app
 from sqlalchemy import TypeDecorator
 
 migrate = current_app.extensions["migrate"]
+# alembic.ini's logging: `flask db upgrade` says which migrations it ran.
+fileConfig(context.config.config_file_name, disable_existing_loggers=False)
 
 
 def render_item(kind, value, autogen_context):
