@@ -110,16 +110,14 @@ def gunicorn(app: str, cwd: Path, env: dict[str, str], log: Path, *flags: str):
 def gunicorn_settings(app: str, cwd: Path, env: dict[str, str], *flags: str) -> str:
     """Worker class, workers and threads as gunicorn resolves them (``--print-config``)."""
     result = subprocess.run(  # noqa: S603 - fixed arguments
-        [GUNICORN, *flags, "--print-config", app],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+        [GUNICORN, *flags, "--print-config", app], cwd=cwd, env=env, capture_output=True, text=True
     )
+    if result.returncode != 0:
+        raise RuntimeError(f"gunicorn --print-config {app} failed:\n{result.stderr[-3000:]}")
     found = dict(re.findall(r"^(\w+)\s+= (.*)$", result.stdout, re.MULTILINE))
     threads = f" x {found['threads']} threads" if found["threads"] != "1" else ""
-    return f"{found['workers']} {found['worker_class']} worker(s){threads}"
+    worker = found["worker_class"].rsplit(".", 1)[-1]
+    return f"{found['workers']} {worker} worker(s){threads}"
 
 
 @dataclass
