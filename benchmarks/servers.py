@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 START_TIMEOUT = 30
 # Settings that would change what a served app does: never inherited from the caller.
 _LEAKY_ENV = re.compile(
@@ -94,38 +95,29 @@ def redis_server(executable: str, work: Path) -> tuple[Process, str]:
     return Process(command, directory / "log", pong), f"redis://{LOOPBACK}:{port}/0"
 
 
-def gunicorn(
-    app: str, cwd: Path, env: dict[str, str], log: Path, *flags: str
-) -> tuple[Process, str]:
-    """``gunicorn APP`` from ``cwd`` (so its gunicorn.conf.py applies), on a free port; its URL."""
+def gunicorn(app: str, cwd: Path, env: dict[str, str], log: Path, *flags: str):
+    """``gunicorn APP`` from ``cwd`` (so its gunicorn.conf.py applies) on a free port; its URL."""
     port = free_port()
     base = f"http://{LOOPBACK}:{port}"
-    command = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        *flags,
-        "--bind",
-        f"{LOOPBACK}:{port}",
-        app,
-    ]
-    process = Process(
-        command, log, lambda: get(f"{base}/health", {}) in (200, 404), cwd=cwd, env=env
-    )
-    return process, base
+    command = [GUNICORN, *flags, "--bind", f"{LOOPBACK}:{port}", app]
+
+    def up() -> bool:  # the peer has no /health: any answer will do
+        return get(f"{base}/health", {}) in (200, 404)
+
+    return Process(command, log, up, cwd=cwd, env=env), base
 
 
 def gunicorn_settings(app: str, cwd: Path, env: dict[str, str], *flags: str) -> str:
     """Worker class, workers and threads as gunicorn resolves them (``--print-config``)."""
-    command = [str(Path(sys.executable).parent / "gunicorn"), *flags, "--print-config", app]
     result = subprocess.run(  # noqa: S603 - fixed arguments
-        command, cwd=cwd, env=env, capture_output=True, text=True, check=True, timeout=60
+        [GUNICORN, *flags, "--print-config", app], cwd=cwd, env=env, capture_output=True, text=True
     )
+    if result.returncode != 0:
+        raise RuntimeError(f"gunicorn --print-config {app} failed:\n{result.stderr[-3000:]}")
     found = dict(re.findall(r"^(\w+)\s+= (.*)$", result.stdout, re.MULTILINE))
-    workers, worker_class, threads = (
-        found[name] for name in ("workers", "worker_class", "threads")
-    )
-    return f"{workers} {worker_class} worker(s)" + (
-        f" x {threads} threads" if threads != "1" else ""
-    )
+    threads = f" x {found['threads']} threads" if found["threads"] != "1" else ""
+    worker = found["worker_class"].rsplit(".", 1)[-1]
+    return f"{found['workers']} {worker} worker(s){threads}"
 
 
 @dataclass

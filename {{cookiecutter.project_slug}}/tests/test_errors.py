@@ -179,13 +179,19 @@ def test_malformed_json_is_a_bad_request(client, key):
 
 
 @pytest.mark.parametrize("depth", [1_000, 100_000])
-def test_resource_exhaustion_deeply_nested_json_is_a_bad_request(client, key, logs, depth):
+def test_resource_exhaustion_deeply_nested_json_is_refused_not_a_crash(client, key, logs, depth):
     body = "[" * depth + "]" * depth
     response = client.post(
         "/v1/items", data=body, content_type="application/json", headers={API_KEY_HEADER: key}
     )
-    assert response.status_code == 400
-    assert response.json["error"] == "bad_request"
+    # Past the parser's recursion limit a 400; within it (Python 3.12 parses 1,000 levels)
+    # a well-formed array that is not the object the route wants, a 422.
+    assert (response.status_code, response.json["error"]) in {
+        (400, "bad_request"),
+        (422, "invalid_body"),
+    }
+    if depth == 100_000:
+        assert response.status_code == 400
     assert "Traceback" not in logs.text
 
 
