@@ -1,16 +1,13 @@
 """Rate limits: each key's limit, a route's own limit, and a cap on failed authentications.
 
-Limits use the `limits` library's notation (``60/minute; 1000/day``) and its
-storage URIs. Windows are fixed: a counter's window starts with its first hit
-and lasts the limit's period, as in the `limits` library's fixed-window strategy.
-
-Each request makes one atomic call to the storage, which first reads the
-client's failed-authentication counters, then counts a hit on every limit the
-request touches: in ``memory://`` a dict behind a lock (exact within one
-process), in Redis one Lua script (exact across every worker and host that
-shares it). Counters are named by the key's fingerprint, never by the key
-itself (credential leak); a rotated key's successor counts under its
-predecessor's, so the two share one count during the grace period.
+Limits use the `limits` library's notation (``60/minute; 1000/day``), storage
+URIs and fixed windows: a counter's window starts with its first hit and lasts
+the limit's period. Each keyed request makes one atomic call to the storage,
+which reads the client's failed-authentication counters, then counts a hit on
+every limit the request touches: in ``memory://`` a dict behind a lock (exact
+in one process), in Redis one Lua script (exact across every worker and host).
+Counters are named by a key's fingerprint, never by the key (credential leak);
+a rotated key's successor counts under its predecessor's, sharing its count.
 """
 
 from __future__ import annotations
