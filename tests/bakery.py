@@ -9,10 +9,13 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +26,11 @@ import requests
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
 START_TIMEOUT = 30
+# Seconds a worker may take to stop on SIGSTOP, or to boot.
+WORKER_TIMEOUT = 10
+# Where a generated project keeps its database by default (DATABASE_URL unset), relative
+# to the working directory, which is the project root when run as documented.
+DATABASE = Path("instance") / "app.db"
 
 # One bake per supported combination; together they use every option value
 # (tests/test_repository.py checks that they still do when an option is added).
@@ -137,14 +145,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def probe(project: Path, package: str, *paths: str) -> dict[str, dict]:
-    """GET ``paths`` from the project's app in a subprocess, with APP_ENV=testing."""
-    result = run(
-        [sys.executable, "-c", PROBE, package, *paths],
-        cwd=project,
-        env=clean_env(PYTHONPATH="src", APP_ENV="testing"),
-        timeout=60,
+def flask_env(package: str, pythonpath: str | Path = "src", **settings: str) -> dict[str, str]:
+    """What the project's ``flask`` command needs: its app, importable; no .env or .flaskenv."""
+    return clean_env(
+        PYTHONPATH=str(pythonpath), FLASK_APP=package, FLASK_SKIP_DOTENV="1", **settings
     )
+
+
+def upgrade_database(root: Path, env: dict[str, str]) -> None:
+    """Run the project's real ``flask db upgrade`` in ``root``, as a user does before serving:
+    a server never migrates by itself, and refuses a database behind its migrations."""
+    result = run([*tool("flask"), "db", "upgrade"], cwd=root, env=env)
+    assert result.returncode == 0, output(result)
+
+
+def migrated_database(project: Path, package: str, directory: Path) -> str:
+    """DATABASE_URL of a SQLite file in ``directory`` that the project's `flask db upgrade`
+    made, for an app built outside a copy of the project (which stays untouched)."""
+    url = f"sqlite:///{directory / 'app.db'}"
+    upgrade_database(project, flask_env(package, DATABASE_URL=url))
+    return url
+
+
+def probe(project: Path, package: str, *paths: str) -> dict[str, dict]:
+    """GET ``paths`` from the project's app in a subprocess, with APP_ENV=testing, on a
+    database of its own (the app refuses to start on one behind its migrations)."""
+    with tempfile.TemporaryDirectory(prefix="probe-") as directory:
+        database = migrated_database(project, package, Path(directory))
+        result = run(
+            [sys.executable, "-c", PROBE, package, *paths],
+            cwd=project,
+            env=clean_env(PYTHONPATH="src", APP_ENV="testing", DATABASE_URL=database),
+            timeout=60,
+        )
     assert result.returncode == 0, output(result)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -242,6 +275,56 @@ def wait_until_healthy(server: Server, base: str) -> None:
     pytest.fail(f"server not healthy after {START_TIMEOUT}s:\n{server.output()}")
 
 
+def booted_workers(server: Server, count: int) -> list[int]:
+    """The process ids of the ``count`` workers gunicorn says it booted."""
+    deadline = time.monotonic() + WORKER_TIMEOUT
+    while True:
+        pids = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", server.output())]
+        if len(pids) >= count:
+            assert len(pids) == count, "a worker was restarted:\n" + server.output()
+            return pids
+        if time.monotonic() > deadline:
+            pytest.fail(f"{count} workers did not boot:\n{server.output()}")
+        time.sleep(0.05)
+
+
+def process_state(pid: int) -> str:
+    """A process's state letter, as ps shows it: ``T`` once it is stopped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:  # no /proc (macOS)
+        command = ["ps", "-o", "stat=", "-p", str(pid)]
+        return subprocess.run(command, capture_output=True, text=True, check=False).stdout[:1]
+
+
+def wait_until_stopped(pid: int) -> None:
+    """Return once ``pid`` has stopped: kill() may return while it still runs for a moment."""
+    deadline = time.monotonic() + WORKER_TIMEOUT
+    while process_state(pid) != "T":
+        if time.monotonic() > deadline:
+            pytest.fail(f"worker {pid} did not stop on SIGSTOP")
+        time.sleep(0.001)
+
+
+@contextmanager
+def only_worker(workers: list[int], worker: int) -> Iterator[None]:
+    """Let only ``workers[worker]`` take new connections meanwhile.
+
+    Which worker accepts a connection is up to the kernel: the others are stopped
+    (SIGSTOP), so they accept nothing, then go on (SIGCONT).
+    """
+    paused = [pid for index, pid in enumerate(workers) if index != worker]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for pid in paused:
+            wait_until_stopped(pid)
+        yield
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+
+
 def json_lines(text: str) -> list[dict]:
     """The log lines that are JSON objects."""
     records = []
@@ -281,6 +364,15 @@ def read_env_file(path: Path) -> dict[str, str]:
             name, _, value = line.partition("=")
             pairs[name.strip()] = value.strip()
     return pairs
+
+
+def sqlite_dump(path: Path) -> str:
+    """A SQLite database as the SQL text that would make it again: every row of every table."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return "\n".join(connection.iterdump())
+    finally:
+        connection.close()
 
 
 def text_files(root: Path) -> Iterator[tuple[Path, str]]:

@@ -5,8 +5,9 @@ entry point. A bake is keyed by its answers and made once per session, even
 when pytest-xdist spreads the tests over several workers (a file lock guards a
 directory that all workers share, as the pytest-xdist documentation shows).
 Baked trees are read-only by convention: a test that runs something inside a
-project works on its own copy (``project_copy``). A project that must be
-installed (its ``flask keys`` entry point) is installed once per session too.
+project works on its own copy (``project_copy``), which is where a served
+project keeps its database. A project that must be installed (its ``flask
+keys`` entry point) is installed once per session too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,17 @@ import pytest
 from cookiecutter.main import cookiecutter
 from filelock import FileLock
 
-from bakery import MATRIX, TEMPLATE_DIR, Baked, Server, answers_for, output, run
+from bakery import (
+    MATRIX,
+    TEMPLATE_DIR,
+    Baked,
+    Server,
+    answers_for,
+    flask_env,
+    output,
+    run,
+    upgrade_database,
+)
 
 
 @pytest.fixture(scope="session")
@@ -105,11 +116,22 @@ def default_project(bake) -> Baked:
 
 @pytest.fixture
 def project_copy(tmp_path):
-    """``project_copy(baked)`` -> a private copy of a baked project, free to be written to."""
+    """``project_copy(baked)`` -> a private copy of a baked project, free to be written to.
 
-    def _copy(baked: Baked) -> Path:
-        target = tmp_path / baked.root.name
+    ``migrated=True``: its database (instance/app.db, the default DATABASE_URL) made
+    by the project's real `flask db upgrade`, as a user does before serving, since a
+    server never migrates by itself. ``site``: the project's installation (``install``)
+    to run it from, rather than its ``src``.
+    """
+    copies: list[Path] = []
+
+    def _copy(baked: Baked, *, migrated: bool = False, site: Path | None = None) -> Path:
+        parent = tmp_path if not copies else tmp_path / f"copy-{len(copies)}"
+        target = parent / baked.root.name
         shutil.copytree(baked.root, target, symlinks=True)
+        copies.append(target)
+        if migrated:
+            upgrade_database(target, flask_env(baked.package, site or "src"))
         return target
 
     return _copy

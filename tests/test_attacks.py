@@ -1,13 +1,13 @@
 """Hostile requests against a real gunicorn, table-driven, over raw sockets.
 
 The default project is installed and served as documented, in production, from a
-private copy whose keys are made with the real `flask keys` CLI: a valid key, a
-read-only one, one fenced to an IP range, a revoked and an expired one. Each row
-of ATTACKS is one request written byte by byte (duplicate headers, control
-characters, non-ASCII: things an HTTP client library refuses to send), and the
-answer it must get, from the SPEC's error table. Afterwards the servers still
-answer /health, and their output holds no key that was sent and no raw control
-character.
+private copy whose database is made by the real `flask db upgrade` and whose keys
+are made with the real `flask keys` CLI: a valid key, a read-only one, one fenced
+to an IP range, a revoked and an expired one. Each row of ATTACKS is one request
+written byte by byte (duplicate headers, control characters, non-ASCII: things an
+HTTP client library refuses to send), and the answer it must get, from the SPEC's
+error table. Afterwards the servers still answer /health, their output holds no
+key that was sent and no raw control character, and the database no key at all.
 
 Some requests never reach the app: gunicorn refuses them itself (a header with a
 control character, a header line over its 8190-byte limit) with its own small
@@ -25,7 +25,6 @@ import re
 import socket
 import ssl
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ import pytest
 import requests
 
 from bakery import (
+    DATABASE,
     Baked,
     Server,
     free_port,
@@ -46,6 +46,7 @@ from bakery import (
     output,
     read_env_file,
     run,
+    sqlite_dump,
     tool,
     wait_until_healthy,
 )
@@ -425,6 +426,7 @@ class Armory:
 
     root: Path
     site: Path
+    package: str
     command: list[str]
     header: str
     runtime_dir: Path
@@ -435,7 +437,8 @@ class Armory:
 
     def flask_keys(self, *arguments: str) -> str:
         """Run ``flask keys ARGUMENTS``; return its stdout (the new key, for create)."""
-        result = run([*tool("flask"), "keys", *arguments], cwd=self.root, env=self.env())
+        env = self.env(FLASK_APP=self.package)
+        result = run([*tool("flask"), "keys", *arguments], cwd=self.root, env=env)
         assert result.returncode == 0, output(result)
         return result.stdout.strip()
 
@@ -472,11 +475,12 @@ class Armory:
 def armory(default_project: Baked, install, project_copy, tmp_path) -> Armory:
     """The installed default project, without .env, with keys made by `flask keys`."""
     site = install(default_project)
-    root = project_copy(default_project)
+    root = project_copy(default_project, migrated=True, site=site)
     (root / ".env").unlink()
     armory = Armory(
         root=root,
         site=site,
+        package=default_project.package,
         command=gunicorn_command(default_project),
         header=str(default_project.context["api_key_header"]),
         runtime_dir=tmp_path,
@@ -585,14 +589,13 @@ def test_attack_battery(armory: Armory, start):
     for server, port in ((proxied, proxied_port), (direct, direct_port)):
         wait_until_healthy(server, f"http://127.0.0.1:{port}")
 
-    # The short-lived key must be past its expiry (the registry keeps whole seconds).
-    registry = (armory.root / "instance" / "api_keys.toml").read_text(encoding="utf-8")
+    # The short-lived key must be past its expiry (the list shows whole seconds).
     (expiry,) = [
         entry["expires"]
-        for entry in tomllib.loads(registry)["keys"]
+        for entry in json.loads(armory.flask_keys("list", "--json"))
         if entry["name"] == "short-lived"
     ]
-    time.sleep(max(0.0, (expiry - datetime.now(UTC)).total_seconds() + 0.5))
+    time.sleep(max(0.0, (datetime.fromisoformat(expiry) - datetime.now(UTC)).total_seconds() + 1))
 
     failures = [
         *mismatches(armory, proxied_port, ATTACKS),
@@ -608,6 +611,11 @@ def test_attack_battery(armory: Armory, start):
 
     assert_clean_log(proxied, armory, ATTACKS)
     assert_clean_log(direct, armory, SPOOFS)
+    # Nor is any key that was sent in the database: it holds hashes, never a key.
+    stored = sqlite_dump(armory.root / DATABASE)
+    assert load_keys_module(armory.root).hashed_entry(armory.keys["valid"]) in stored
+    leaked = [name for name in KEY_LIKE if armory.keys[name] in stored]
+    assert not leaked, f"keys in the database: {leaked}"
     # Nothing forwarded was believed without a trusted proxy: every line shows the socket's IP.
     addresses = {
         record["client_ip"] for record in json_lines(direct.output()) if "client_ip" in record
@@ -615,12 +623,15 @@ def test_attack_battery(armory: Armory, start):
     assert addresses == {"127.0.0.1"}, addresses
 
 
-def test_requests_gunicorn_rejects_log_no_key(default_project: Baked, start, tmp_path):
+def test_requests_gunicorn_rejects_log_no_key(
+    default_project: Baked, project_copy, start, tmp_path
+):
     """A key in a line gunicorn cannot parse must not reach its error log (credential leak)."""
     port = free_port()
     env = gunicorn_env(default_project, port, tmp_path, TRUSTED_PROXIES="1", **NO_LIMITS)
     key = read_env_file(default_project.root / ".env")["API_KEYS"]
-    server = start(gunicorn_command(default_project), default_project.root, env)
+    root = project_copy(default_project, migrated=True)
+    server = start(gunicorn_command(default_project), root, env)
     wait_until_healthy(server, f"http://127.0.0.1:{port}")
     header = default_project.context["api_key_header"]
     for raw in (

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import stat
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from bakery import (
     MATRIX,
     Baked,
     load_keys_module,
+    migrated_database,
     output,
     probe,
     read_env_file,
@@ -72,8 +75,9 @@ RATE_LIMIT_TRACES = re.compile(
 )
 
 
-def test_disabled_options_leave_no_trace(baked: Baked):
-    """A turned-off option leaves no file and no mention behind; a turned-on one its files."""
+def test_disabled_options_leave_no_trace(baked: Baked, tmp_path):
+    """A turned-off option leaves no file, mention or column behind; a turned-on one its
+    files."""
     context = baked.context
     docker_files = [baked.root / name for name in ("Dockerfile", ".dockerignore", "compose.yaml")]
     if context["use_docker"]:
@@ -99,6 +103,29 @@ def test_disabled_options_leave_no_trace(baked: Baked):
         ]
         assert not mentions, f"rate limiting mentioned with use_rate_limiting off: {mentions}"
         assert not list(baked.root.rglob("*ratelimit*"))
+    # The schema the migrations make: a key's own limit, and the count it shares with the
+    # key it replaced, are columns only with rate limiting.
+    columns = set(migrated_columns(baked, tmp_path, "api_keys"))
+    assert {"name", "owner", "digest"} <= columns, columns
+    limit_columns = columns & RATE_LIMIT_COLUMNS
+    if context["use_rate_limiting"]:
+        assert limit_columns == RATE_LIMIT_COLUMNS, columns
+    else:
+        assert not limit_columns, f"rate-limit columns with use_rate_limiting off: {columns}"
+
+
+# The columns of api_keys that only rate limiting needs.
+RATE_LIMIT_COLUMNS = {"rate_limit", "counter"}
+
+
+def migrated_columns(baked: Baked, directory: Path, table: str) -> list[str]:
+    """The columns of ``table`` in a database the project's `flask db upgrade` made."""
+    url = migrated_database(baked.root, baked.package, directory)
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize(

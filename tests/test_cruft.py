@@ -3,7 +3,8 @@ template, ``cruft update`` the project.
 
 cruft clones its template with git, so the test uses a git repository of its own:
 a copy of this template, committed in a temporary directory (offline, local paths
-only). The project's secret (.env) and key registry must come through untouched;
+only). The project's secret (.env) and database (the key registry) must come through
+untouched;
 the hooks run again during the update and must change nothing of the project's,
 nor print the generation summary for renders that cruft throws away.
 """
@@ -18,7 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from bakery import TEMPLATE_DIR, clean_env, output, read_env_file, run, tool
+from bakery import (
+    DATABASE,
+    TEMPLATE_DIR,
+    clean_env,
+    flask_env,
+    output,
+    read_env_file,
+    run,
+    tool,
+    upgrade_database,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +37,7 @@ pytestmark = pytest.mark.slow
 NOT_TEMPLATE = shutil.ignore_patterns(
     ".git", ".venv", "venv", "demo", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache"
 )
-REGISTRY = "instance/api_keys.toml"
+REGISTRY = str(DATABASE)
 SLUG = "{{cookiecutter.project_slug}}"
 
 
@@ -85,13 +96,11 @@ def test_cruft_update_applies_a_template_change_and_keeps_secrets(tmp_path, env,
     recorded = json.loads((project / ".cruft.json").read_text(encoding="utf-8"))
     assert recorded["context"]["cookiecutter"]["project_name"] == "My Secure API"
 
-    # The project lives in git, as cruft wants, and has a registry of its own.
+    # The project lives in git, as cruft wants, and has a database of its own.
     git(project, "init", "-q")
     commit_all(git, project, "generated")
-    (project / REGISTRY).write_text(
-        '# written by flask keys\n[keys.ci-bot]\nhash = "sha256:' + "ab" * 32 + '"\n',
-        encoding="utf-8",
-    )
+    package = recorded["context"]["cookiecutter"]["package_name"]
+    upgrade_database(project, flask_env(package))
     env_file = project / ".env"
     before = {path: (project / path).read_bytes() for path in (".env", REGISTRY)}
     key = read_env_file(env_file)["API_KEYS"]
@@ -118,7 +127,7 @@ def test_cruft_update_applies_a_template_change_and_keeps_secrets(tmp_path, env,
     assert (project / "CHANGES.md").read_text(encoding="utf-8") == "# My Secure API: changes\n"
     assert not list(project.rglob("*.rej")), "the update did not apply cleanly"
 
-    # The secret and the registry: byte for byte, and the secret still owner-only.
+    # The secret and the database: byte for byte, and the secret still owner-only.
     for path, content in before.items():
         assert (project / path).read_bytes() == content, f"cruft update changed {path}"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600

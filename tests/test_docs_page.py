@@ -99,14 +99,15 @@ def test_docs_page_ships_in_the_wheel(default_project, install):
 
 
 @pytest.fixture
-def docs_server(default_project, start, tmp_path):
+def docs_server(default_project, project_copy, start, tmp_path):
     """The default project under gunicorn, in production, behind one trusted proxy hop.
 
     Returns the base URL and the key from the project's .env (a throwaway key).
     """
     port = free_port()
     env = gunicorn_env(default_project, port, tmp_path, TRUSTED_PROXIES="1")
-    server = start(gunicorn_command(default_project), default_project.root, env)
+    root = project_copy(default_project, migrated=True)
+    server = start(gunicorn_command(default_project), root, env)
     base = f"http://127.0.0.1:{port}"
     wait_until_healthy(server, base)
     return base, env["API_KEYS"]

@@ -22,15 +22,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -43,10 +41,13 @@ from limits import parse
 from bakery import (
     Baked,
     Server,
+    booted_workers,
     free_port,
     gunicorn_command,
     gunicorn_env,
     load_keys_module,
+    migrated_database,
+    only_worker,
     wait_until_healthy,
 )
 
@@ -299,20 +300,9 @@ class Api:
         response = requests.get(self.base + path, headers=self.headers(key, client_ip), timeout=10)
         return Answer(response.status_code, response.headers, response.text)
 
-    @contextmanager
-    def only(self, worker: int) -> Iterator[None]:
-        """Let only ``worker`` (an index into ``workers``) take new connections meanwhile:
-        the others are stopped (SIGSTOP), so they accept nothing, then go on (SIGCONT)."""
-        paused = [pid for index, pid in enumerate(self.workers) if index != worker]
-        for pid in paused:
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            for pid in paused:
-                wait_until_stopped(pid)
-            yield
-        finally:
-            for pid in paused:
-                os.kill(pid, signal.SIGCONT)
+    def only(self, worker: int) -> AbstractContextManager[None]:
+        """Let only ``worker`` (an index into ``workers``) take new connections meanwhile."""
+        return only_worker(self.workers, worker)
 
     def to(
         self, worker: int, path: str, key: str | None = None, client_ip: str | None = None
@@ -327,41 +317,10 @@ class Api:
             return list(pool.map(lambda _: self.get(path, key), range(count)))
 
 
-def process_state(pid: int) -> str:
-    """A process's state letter, as ps shows it: ``T`` once it is stopped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:  # no /proc (macOS)
-        command = ["ps", "-o", "stat=", "-p", str(pid)]
-        return subprocess.run(command, capture_output=True, text=True, check=False).stdout[:1]
-
-
-def wait_until_stopped(pid: int) -> None:
-    """Return once ``pid`` has stopped: kill() may return while it still runs for a moment."""
-    deadline = time.monotonic() + PROCESS_TIMEOUT
-    while process_state(pid) != "T":
-        if time.monotonic() > deadline:
-            pytest.fail(f"worker {pid} did not stop on SIGSTOP")
-        time.sleep(0.001)
-
-
-def booted_workers(server: Server, count: int) -> list[int]:
-    """The process ids of the ``count`` workers gunicorn says it booted."""
-    deadline = time.monotonic() + PROCESS_TIMEOUT
-    while True:
-        pids = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", server.output())]
-        if len(pids) >= count:
-            assert len(pids) == count, "a worker was restarted:\n" + server.output()
-            return pids
-        if time.monotonic() > deadline:
-            pytest.fail(f"{count} workers did not boot:\n{server.output()}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
-def serve(default_project: Baked, start, tmp_path):
-    """``serve(**settings)`` -> Api: the default project (or ``project``) under gunicorn,
-    until teardown."""
+def serve(default_project: Baked, project_copy, start, tmp_path):
+    """``serve(**settings)`` -> Api: the default project (or ``project``) under gunicorn, in
+    a copy whose database `flask db upgrade` made, until teardown."""
 
     def _serve(project: Baked | None = None, **settings: str) -> Api:
         project = project or default_project
@@ -371,7 +330,8 @@ def serve(default_project: Baked, start, tmp_path):
         env = gunicorn_env(project, port, tmp_path, **settings)
         env = {name: value for name, value in env.items() if value is not None}
         env["WEB_CONCURRENCY"] = workers
-        server = start(gunicorn_command(project), project.root, env)
+        root = project_copy(project, migrated=True)
+        server = start(gunicorn_command(project), root, env)
         api = Api(server, port, str(project.context["api_key_header"]))
         wait_until_healthy(server, api.base)
         api.workers = booted_workers(server, int(workers))
@@ -788,7 +748,9 @@ def test_a_redis_cluster_or_sentinel_holds_the_counters_too(
         {
             "APP_ENV": "testing",
             "API_KEYS": f"{key},{reader}",
-            "API_KEYS_FILE": str(tmp_path / "no-registry.toml"),
+            "DATABASE_URL": migrated_database(
+                default_project.root, default_project.package, tmp_path
+            ),
             "RATELIMIT_STORAGE_URI": url,
             "RATELIMIT_DEFAULT": "2/hour",
             "AUTH_FAILURE_LIMIT": "1/hour",

@@ -1,7 +1,9 @@
 """The default project served as documented: gunicorn from the project root, in production.
 
-Requests go over real sockets with ``requests``; a TLS-terminating proxy is
-played by sending ``X-Forwarded-Proto: https`` with TRUSTED_PROXIES=1.
+Each server runs in a private copy of the project whose database `flask db
+upgrade` made first, as the README says. Requests go over real sockets with
+``requests``; a TLS-terminating proxy is played by sending ``X-Forwarded-Proto:
+https`` with TRUSTED_PROXIES=1.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ ONE_YEAR = 365 * 24 * 3600
 
 
 @pytest.fixture
-def served(default_project, start, tmp_path):
+def served(default_project, project_copy, start, tmp_path):
     """The default project under gunicorn, in production, behind one trusted proxy hop."""
     port = free_port()
     env = gunicorn_env(default_project, port, tmp_path, TRUSTED_PROXIES="1")
-    server = start(gunicorn_command(default_project), default_project.root, env)
+    root = project_copy(default_project, migrated=True)
+    server = start(gunicorn_command(default_project), root, env)
     base = f"http://127.0.0.1:{port}"
     wait_until_healthy(server, base)
     return server, base, env["API_KEYS"]
@@ -74,11 +77,14 @@ def test_gunicorn_serves_the_api_in_production(served, default_project):
     assert any(record.get("level", record.get("levelname")) == "ERROR" for record in records)
 
 
-def test_gunicorn_trusts_no_forwarded_header_by_default(default_project, start, tmp_path):
+def test_gunicorn_trusts_no_forwarded_header_by_default(
+    default_project, project_copy, start, tmp_path
+):
     """TRUSTED_PROXIES=0: X-Forwarded-Proto is ignored by the app and by gunicorn itself."""
     port = free_port()
     env = gunicorn_env(default_project, port, tmp_path)
-    server = start(gunicorn_command(default_project), default_project.root, env)
+    root = project_copy(default_project, migrated=True)
+    server = start(gunicorn_command(default_project), root, env)
     base = f"http://127.0.0.1:{port}"
     wait_until_healthy(server, base)
     header = default_project.context["api_key_header"]
@@ -92,14 +98,20 @@ def test_gunicorn_trusts_no_forwarded_header_by_default(default_project, start, 
 
 
 @pytest.mark.parametrize("api_keys", [None, "", "changeme", "12345"], ids=repr)
-def test_gunicorn_refuses_to_start_without_a_real_key(default_project, start, tmp_path, api_keys):
-    """Fail closed: no key or a placeholder stops gunicorn, naming API_KEYS, not the value."""
+def test_gunicorn_refuses_to_start_without_a_real_key(
+    default_project, project_copy, start, tmp_path, api_keys
+):
+    """Fail closed: no key or a placeholder stops gunicorn, naming API_KEYS, not the value.
+
+    The database is ready and its registry empty: only the key is missing.
+    """
     env = gunicorn_env(default_project, free_port(), tmp_path)
     if api_keys is None:
         del env["API_KEYS"]
     else:
         env["API_KEYS"] = api_keys
-    server = start(gunicorn_command(default_project), default_project.root, env)
+    root = project_copy(default_project, migrated=True)
+    server = start(gunicorn_command(default_project), root, env)
     status = server.wait_exit(20)
     assert status is not None, f"gunicorn kept running:\n{server.output()}"
     assert status != 0
@@ -109,8 +121,38 @@ def test_gunicorn_refuses_to_start_without_a_real_key(default_project, start, tm
         assert api_keys not in logged, "the bad value was echoed"
 
 
+# A password that must never be shown, in a URL where nothing listens.
+NEVER_SHOWN = "pw-never-shown-4a7c"
+
+
+@pytest.mark.parametrize("database", ["not-migrated", "unreachable"])
+def test_gunicorn_refuses_to_start_without_its_database(
+    default_project, project_copy, start, tmp_path, database
+):
+    """Fail closed: a database behind its migrations, or one that does not answer, stops
+    gunicorn with one line naming `flask db upgrade` or DATABASE_URL, never its password."""
+    env = gunicorn_env(default_project, free_port(), tmp_path)
+    if database == "unreachable":
+        env["DATABASE_URL"] = f"postgresql+psycopg://app:{NEVER_SHOWN}@127.0.0.1:{free_port()}/app"
+        expected = "DATABASE_URL"
+    else:
+        expected = "flask db upgrade"
+    root = project_copy(default_project)  # no `flask db upgrade`
+    server = start(gunicorn_command(default_project), root, env)
+    status = server.wait_exit(20)
+    assert status is not None, f"gunicorn kept running:\n{server.output()}"
+    assert status != 0
+    logged = server.output()
+    explained = [line for line in logged.splitlines() if expected in line]
+    assert len(explained) == 1, logged
+    assert NEVER_SHOWN not in logged, "the database password was shown"
+    assert "Traceback" not in logged
+
+
 @pytest.mark.parametrize("skip_dotenv", [False, True], ids=["with-dotenv", "skip-dotenv"])
-def test_flask_run_refuses_to_start_with_a_placeholder_key(default_project, start, skip_dotenv):
+def test_flask_run_refuses_to_start_with_a_placeholder_key(
+    default_project, project_copy, start, skip_dotenv
+):
     """`flask run` in production with API_KEYS=12345 exits non-zero without echoing it.
 
     The real environment wins over .env, whose development settings must not
@@ -125,7 +167,8 @@ def test_flask_run_refuses_to_start_with_a_placeholder_key(default_project, star
     if skip_dotenv:
         env["FLASK_SKIP_DOTENV"] = "1"
     command = [*tool("flask"), "run", "--port", str(free_port())]
-    server = start(command, default_project.root, env)
+    root = project_copy(default_project, migrated=True)
+    server = start(command, root, env)
     status = server.wait_exit(20)
     assert status is not None, f"flask run kept running:\n{server.output()}"
     assert status != 0

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from bakery import (
+    DATABASE,
     MATRIX,
     TEMPLATE_DIR,
     Baked,
@@ -31,7 +32,7 @@ from bakery import (
     wait_until_healthy,
 )
 
-TASKS = ("install", "run", "serve", "test", "lint", "keys")
+TASKS = ("install", "migrate", "run", "serve", "test", "lint", "keys")
 # How to get off port 5000 (on macOS, AirPlay Receiver's), as every hint words it.
 OTHER_PORT = "FLASK_RUN_PORT=5001 make run"
 LOCAL_TLS_HEADING = "### Try the production server locally"
@@ -137,9 +138,11 @@ def test_every_hint_says_how_to_leave_port_5000(
 def test_make_run_serves_the_development_app_with_the_env_file(
     default_project, project_copy, start, make_command, where
 ):
-    """`make run`: flask's development server, settings and key from .env, plain HTTP, on
-    the port FLASK_RUN_PORT names, from the environment (as the hints show) or from .env."""
+    """`make run`: pending migrations applied first (a fresh project has no database yet),
+    then flask's development server, settings and key from .env, plain HTTP, on the port
+    FLASK_RUN_PORT names, from the environment (as the hints show) or from .env."""
     project = project_copy(default_project)
+    assert not (project / DATABASE).exists()
     port = free_port()
     env = clean_env(PYTHONPATH="src")
     if where == "environment":
@@ -155,11 +158,18 @@ def test_make_run_serves_the_development_app_with_the_env_file(
     answer = requests.get(f"{base}/v1/whoami", headers={header: key}, timeout=10)
     assert answer.status_code == 200, answer.text
     assert "Strict-Transport-Security" not in answer.headers
+    items = requests.get(f"{base}/v1/items", headers={header: key}, timeout=10)
+    assert items.status_code == 200, items.text
+    assert (project / DATABASE).is_file()
 
 
 @pytest.mark.slow
-def test_make_serve_runs_gunicorn_as_in_production(default_project, start, tmp_path, make_command):
-    """`make serve`: gunicorn with gunicorn.conf.py, production settings, no .env."""
+def test_make_serve_runs_gunicorn_as_in_production(
+    default_project, project_copy, start, tmp_path, make_command
+):
+    """`make serve`: gunicorn with gunicorn.conf.py, production settings, no .env, on the
+    database `flask db upgrade` made (it never migrates by itself)."""
+    project = project_copy(default_project, migrated=True)
     port = free_port()
     key = read_env_file(default_project.root / ".env")["API_KEYS"]
     env = clean_env(
@@ -168,7 +178,7 @@ def test_make_serve_runs_gunicorn_as_in_production(default_project, start, tmp_p
         GUNICORN_BIND=f"127.0.0.1:{port}",
         XDG_RUNTIME_DIR=str(tmp_path),
     )
-    server = start([*make_command, f"PYTHON={sys.executable}", "serve"], default_project.root, env)
+    server = start([*make_command, f"PYTHON={sys.executable}", "serve"], project, env)
     base = f"http://127.0.0.1:{port}"
     wait_until_healthy(server, base)
     header = str(default_project.context["api_key_header"])
@@ -182,9 +192,10 @@ def test_make_serve_runs_gunicorn_as_in_production(default_project, start, tmp_p
 def test_make_serve_over_tls_as_the_readme_shows(
     default_project, project_copy, start, tmp_path, make_command
 ):
-    """The README's local recipe, run as written: a self-signed certificate from openssl,
-    `make serve` with it, then curl. The key answers 200 over HTTPS and nothing is logged as
-    exposed. Only the port differs (GUNICORN_BIND), so that tests can run side by side."""
+    """The README's local recipe, run as written on a migrated project: a self-signed
+    certificate from openssl, `make serve` with it, then curl. The key answers 200 over
+    HTTPS and nothing is logged as exposed. Only the port differs (GUNICORN_BIND), so that
+    tests can run side by side."""
     project = project_copy(default_project)
     readme = (project / "README.md").read_text(encoding="utf-8")
     certificate, serve, curl = readme_commands(readme, LOCAL_TLS_HEADING)
@@ -199,6 +210,9 @@ def test_make_serve_over_tls_as_the_readme_shows(
     )
     made = run(["bash", "-c", certificate], cwd=project, env=env)
     assert made.returncode == 0, output(made)
+    # The database `make run` would have migrated: the recipe's server makes none.
+    migrated = run([*make_command, "migrate"], cwd=project, env=env)
+    assert migrated.returncode == 0, output(migrated)
     # bash runs a lone command in its own process: SIGTERM reaches make, which stops gunicorn.
     server = start(["bash", "-c", serve], project, env)
     base = f"https://127.0.0.1:{port}"
