@@ -1,8 +1,9 @@
 """Benchmark a freshly generated default project through its public interfaces; one table.
 
-    python benchmarks/run.py                  # full run, about five minutes
-    python benchmarks/run.py --quick          # under a minute: proves the harness, rough figures
+    python benchmarks/run.py                  # full run, about ten minutes
+    python benchmarks/run.py --quick          # about a minute: proves the harness, rough figures
     python benchmarks/run.py --template DIR   # bake from another checkout of the template
+    python benchmarks/run.py --keys N         # the large registry's size (100,000; quick 5,000)
 
 Every ratio is taken side by side in one run (variants interleaved in rounds, in a
 new random order each round); absolute figures move from run to run. See README.md.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import secrets
@@ -22,12 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import large_registry
 import servers
-from bakes import Project, bake, new_key
+from bakes import Project, bake, create_key, flask, install, new_key, upgrade
 from servers import Run, clean_env
 
 HERE = Path(__file__).resolve().parent
@@ -36,21 +39,43 @@ HIREDIS = "hiredis==3.5.0"
 PASS, MISSED, INFO, SKIPPED = "pass", "MISSED", "info", "skipped"
 SECURE = "/v1/secure-data"
 TRIPS_SAMPLE = 100  # requests over which Redis round trips are counted
+LARGE, QUICK_LARGE = 100_000, 5_000  # keys in the large registry, full run and --quick
+PROPAGATION = 2.0  # seconds: a change is honoured by every worker of every host within it
+PROPAGATION_TIMEOUT = 10.0  # seconds: a change not seen by then is reported as never seen
+CHANGE_EVERY = 0.25  # seconds between registry changes while "changing": several per refresh
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Goal:
-    """A row: ``variant`` against ``baseline`` in the same rounds, or a baseline alone."""
+    """A row of wrk runs: ``variant`` against ``baseline`` in the same rounds, or a baseline.
+
+    ``measure``: ``rps`` compares requests per second (higher is better), ``time`` the
+    time per request and ``p99`` the 99th percentile latency (lower is better).
+    ``needs``: what the row cannot run without (``e2e``: wrk and redis-server; ``pg``:
+    those and PostgreSQL).
+    """
 
     label: str
     variant: str
     baseline: str | None = None
     bound: float | None = None
-    cost: bool = False  # compare time per request (lower is better), not throughput
+    measure: str = "rps"
     info: bool = False  # the bound is a point of reference, not a goal
+    needs: str = "e2e"
 
 
-GOALS = [
+@dataclass(frozen=True)
+class Fact:
+    """A row that is not a wrk run: a start-up time, memory, a propagation time."""
+
+    label: str
+    fact: str
+    bound: float | None = None
+    needs: str = "pg"
+
+
+ROWS = [
     Goal("e2e memory://, {memory}: GET /health", "memory health"),
     Goal(f"e2e memory://: GET {SECURE} vs /health", "memory secure", "memory health", 0.90),
     Goal("e2e redis://, {redis}: GET /health", "redis health"),
@@ -58,14 +83,35 @@ GOALS = [
     Goal("e2e redis://, {peer}: Flask-Limiter peer, keyed", "peer secure"),
     Goal(f"e2e redis://: GET {SECURE} vs Flask-Limiter", "redis secure", "peer secure", 1.50),
     Goal(f"e2e redis://: GET {SECURE} with hiredis vs without", "hiredis secure", "pure secure"),
-    Goal("in process: GET /health", "inprocess health"),
+    Goal("e2e PostgreSQL registry, {pg}: GET /health", "pg health", needs="pg"),
+    Goal(
+        f"e2e PostgreSQL registry: GET {SECURE} (flask keys create) vs /health",
+        "pg secure",
+        "pg health",
+        0.90,
+        needs="pg",
+    ),
+    Fact("{keys} keys in PostgreSQL, {pg}: start-up, gunicorn to /health", "startup"),
+    Fact("{keys} keys: memory per worker, RSS (the largest)", "memory"),
+    Fact("{keys} keys: flask keys revoke until every worker refuses", "propagation", PROPAGATION),
+    Goal(f"{{keys}} keys: GET {SECURE}, registry unchanged", "large quiet", needs="pg"),
+    Goal(
+        f"{{keys}} keys: GET {SECURE} p99, {1 / CHANGE_EVERY:.0f} revokes/s vs unchanged",
+        "large changing",
+        "large quiet",
+        2.0,
+        measure="p99",
+        needs="pg",
+    ),
+    Goal("in process: GET /health", "inprocess health", needs=""),
     Goal(
         f"in process: GET {SECURE}, time vs /health",
         "inprocess secure",
         "inprocess health",
         1.25,
-        cost=True,
+        measure="time",
         info=True,
+        needs="",
     ),
 ]
 
@@ -78,38 +124,52 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 2, quick 1)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
     parser.add_argument("--batch", type=int, help="in-process requests per route and round")
+    parser.add_argument("--keys", type=int, help=f"large registry (default {LARGE:,}, quick 5,000)")
+    parser.add_argument("--starts", type=int, help="start-ups timed (default 3, quick 1)")
+    parser.add_argument("--revokes", type=int, help="revokes followed (default 5, quick 1)")
     arguments = parser.parse_args(argv)
-    quick = {"rounds": 1, "seconds": 1, "batch": 100} if arguments.quick else {}
-    for name, value in {"rounds": 20, "seconds": 2, "batch": 1000, **quick}.items():
+    defaults = {"rounds": 20, "seconds": 2, "batch": 1000, "keys": LARGE, "starts": 3}
+    defaults["revokes"] = 5
+    if arguments.quick:
+        defaults |= {"rounds": 1, "seconds": 1, "batch": 100, "keys": QUICK_LARGE}
+        defaults |= {"starts": 1, "revokes": 1}
+    for name, value in defaults.items():
         if getattr(arguments, name) is None:
             setattr(arguments, name, value)
+    if arguments.keys < arguments.revokes + 1:
+        parser.error("--keys must leave room for the keys it revokes and the one it loads with")
     return arguments
 
 
-def shuffled(variants: dict[str, str]) -> list[str]:
-    """The variants in a new random order, those compared with each other run back to back.
+def shuffled(variants: dict) -> list[str]:
+    """The variants in a new random order, those compared with each other back to back.
 
-    The memory:// server's two routes form one group, the Redis-backed servers
-    another: a ratio's two runs are at most a few seconds apart, so that a burst of
-    other work on the machine hits both more often.
+    The memory:// server's two routes form one group, the PostgreSQL-backed server's
+    another, the Redis-backed servers a third: a ratio's two runs are at most a few
+    seconds apart, so that a burst of other work on the machine hits both more often.
     """
     pick = secrets.SystemRandom()
-    groups = [[name for name in variants if name.startswith("memory")]]
-    groups.append([name for name in variants if not name.startswith("memory")])
-    return [name for group in pick.sample(groups, 2) for name in pick.sample(group, len(group))]
+    groups: dict[str, list[str]] = {}
+    for name in variants:
+        first = name.split()[0]
+        groups.setdefault(first if first in ("memory", "pg", "large") else "redis", []).append(name)
+    order = pick.sample(list(groups.values()), len(groups))
+    return [name for group in order for name in pick.sample(group, len(group))]
 
 
 def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def production(entry: str, work: Path, **settings: str) -> dict[str, str]:
-    """The project's production settings, with limits no run reaches and quiet logs."""
+def production(**settings: str) -> dict[str, str]:
+    """The project's production settings, with limits no run reaches and quiet logs.
+
+    Without DATABASE_URL the project uses its default, a SQLite file under
+    ``instance/`` of the working directory: the project root, in the run's directory.
+    """
     return clean_env(
         PYTHONPATH="src",
         APP_ENV="production",
-        API_KEYS=entry,
-        API_KEYS_FILE=str(work / "no-registry.toml"),
         RATELIMIT_DEFAULT=HUGE_LIMIT,
         AUTH_FAILURE_LIMIT=HUGE_LIMIT,
         LOG_LEVEL="WARNING",
@@ -117,14 +177,15 @@ def production(entry: str, work: Path, **settings: str) -> dict[str, str]:
     )
 
 
-def in_process(project: Project, key: str, entry: str, work: Path, rounds: int, batch: int):
-    """The WSGI app from create_app(), in a process of its own (see inprocess.py)."""
+def in_process(project: Project, key: str, env: dict[str, str], work: Path, rounds, batch):
+    """The WSGI app from create_app(), in a process of its own (see inprocess.py), run from
+    the project root, so that its default database is the project's migrated one."""
     output = work / "inprocess.json"
     command = [sys.executable, str(HERE / "inprocess.py"), project.package, project.key_header]
     subprocess.run(  # noqa: S603 - our script, fixed arguments
         [*command, key, str(rounds), str(batch), str(output)],
         cwd=project.root,
-        env=production(entry, work),
+        env=env,
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -133,56 +194,110 @@ def in_process(project: Project, key: str, entry: str, work: Path, rounds: int, 
 
 
 @dataclass
+class Served:
+    """A gunicorn serving the project: how to reach it, and its workers' process ids."""
+
+    process: servers.Process
+    base: str
+    settings: str
+    workers: list[int]
+
+
+@dataclass
 class Setup:
-    variants: dict[str, str]  # what wrk loads: {name: URL}
-    headers: dict[str, str]  # what wrk sends with every request
+    variants: dict[str, tuple[str, dict[str, str]]]  # what wrk loads: {name: (URL, headers)}
     settings: dict[str, str]  # each server's workers, as gunicorn resolved them
     redis_uri: str
     hiredis: str  # the Redis-backed server of the project that parses with hiredis
+    pg: Served | None = None
+    pg_env: dict[str, str] = field(default_factory=dict)
 
 
-def start_servers(project: Project, key: str, entry: str, work: Path, stack) -> Setup:
-    """redis-server, and gunicorn serving the project three ways and the peer once."""
+def serve(project: Project, env: dict[str, str], log: Path, stack=None, *flags: str) -> Served:
+    """gunicorn serving the project as its README says, from its root; stopped with ``stack``."""
+    app = f"{project.package}:create_app()"
+    settings, count = servers.gunicorn_settings(app, project.root, env, *flags)
+    process, base = servers.gunicorn(app, project.root, env, log, *flags)
+    if stack is not None:
+        stack.callback(process.stop)
+    try:
+        workers = servers.booted_workers(process, count)
+    except RuntimeError:
+        process.stop()
+        raise
+    return Served(process, base, settings, workers)
+
+
+def headers_for(project: Project, key: str) -> dict[str, str]:
+    return {"X-Forwarded-Proto": "https", project.key_header: key}
+
+
+def start_servers(project: Project, key: str, env: dict[str, str], pg, work: Path, stack) -> Setup:
+    """redis-server, gunicorn serving the project three ways and the peer once; and, with
+    PostgreSQL, a fourth time on a database of its own with a key `flask keys create` made."""
     redis, uri = servers.redis_server(shutil.which("redis-server"), work)
     stack.callback(redis.stop)
     without, with_ = servers.hiredis_paths(work, HIREDIS)
     if servers.uses_hiredis(without) or not servers.uses_hiredis(with_):
         raise RuntimeError("could not run redis-py both with and without hiredis")
-    app = f"{project.package}:create_app()"
-    memory_env = production(entry, work, TRUSTED_PROXIES="1", REQUIRE_HTTPS="true")
+    memory_env = {**env, "TRUSTED_PROXIES": "1", "REQUIRE_HTTPS": "true"}
     redis_env = {**memory_env, "RATELIMIT_STORAGE_URI": uri}
     # "redis" has this interpreter's packages as they are, "other" the other Redis parser.
     other_env = {**redis_env, "PYTHONPATH": os.pathsep.join(["src", with_ or without])}
+    urls, settings = {}, {}
+    for name, server_env, flags in (
+        ("memory", memory_env, ["--workers", "1"]),
+        ("redis", redis_env, []),
+        ("other", other_env, []),
+    ):
+        served = serve(project, server_env, work / f"{name}.log", stack, *flags)
+        urls[name], settings[name] = served.base, served.settings
     # The peer reads the project's gunicorn.conf.py: the same worker class and count (the
-    # file may name a worker of the project's package, hence its src on the path).
+    # file may name a worker of the project's package, hence its src on the path). It runs
+    # from a directory of the run's (gunicorn puts it on the path), so that nothing it
+    # might write lands in the checkout.
     peer_env = clean_env(
-        PYTHONPATH=str(project.root / "src"),
+        PYTHONPATH=os.pathsep.join([str(project.root / "src"), str(HERE)]),
         API_KEYS=key,
         RATELIMIT_LIMIT=HUGE_LIMIT,
         RATELIMIT_STORAGE_URI=uri,
     )
     peer_flags = ["--config", str(project.root / "gunicorn.conf.py")]
-    apps = {  # name: (directory, app, environment, flags)
-        "memory": (project.root, app, memory_env, ["--workers", "1"]),
-        "redis": (project.root, app, redis_env, []),
-        "other": (project.root, app, other_env, []),
-        "peer": (HERE, "flask_limiter_peer:app", peer_env, peer_flags),
-    }
-    urls, settings = {}, {}
-    for name, (cwd, target, env, flags) in apps.items():
-        settings[name] = servers.gunicorn_settings(target, cwd, env, *flags)
-        process, urls[name] = servers.gunicorn(target, cwd, env, work / f"{name}.log", *flags)
-        stack.callback(process.stop)
-    headers = {"X-Forwarded-Proto": "https", project.key_header: key}
+    peer_app, peer_dir = "flask_limiter_peer:app", work / "peer"
+    peer_dir.mkdir()
+    settings["peer"], _ = servers.gunicorn_settings(peer_app, peer_dir, peer_env, *peer_flags)
+    peer, urls["peer"] = servers.gunicorn(
+        peer_app, peer_dir, peer_env, peer_dir / "log", *peer_flags
+    )
+    stack.callback(peer.stop)
+    keyed = headers_for(project, key)
     variants = {
-        "memory health": urls["memory"] + "/health",
-        "memory secure": urls["memory"] + SECURE,
-        "redis health": urls["redis"] + "/health",
-        "redis secure": urls["redis"] + SECURE,
-        "other secure": urls["other"] + SECURE,
-        "peer secure": urls["peer"] + SECURE,
+        "memory health": (urls["memory"] + "/health", keyed),
+        "memory secure": (urls["memory"] + SECURE, keyed),
+        "redis health": (urls["redis"] + "/health", keyed),
+        "redis secure": (urls["redis"] + SECURE, keyed),
+        "other secure": (urls["other"] + SECURE, keyed),
+        "peer secure": (urls["peer"] + SECURE, keyed),
     }
-    return Setup(variants, headers, settings, uri, "other" if with_ else "redis")
+    setup = Setup(variants, settings, uri, "other" if with_ else "redis")
+    if pg is not None:
+        # The registry in PostgreSQL, with the key in it (no API_KEYS), and the workers
+        # gunicorn.conf.py asks for, each following the registry on its own. Rate limits
+        # are counted in memory, so that the row weighs the registry, not Redis.
+        setup.pg_env = {
+            **env,
+            "TRUSTED_PROXIES": "1",
+            "REQUIRE_HTTPS": "true",
+            "DATABASE_URL": pg.database("registry"),
+        }
+        del setup.pg_env["API_KEYS"]
+        upgrade(project, setup.pg_env)
+        pg_key = create_key(project, setup.pg_env, "benchmark")
+        setup.pg = serve(project, setup.pg_env, work / "pg.log", stack)
+        settings["pg"] = setup.pg.settings
+        variants["pg health"] = (setup.pg.base + "/health", headers_for(project, pg_key))
+        variants["pg secure"] = (setup.pg.base + SECURE, headers_for(project, pg_key))
+    return setup
 
 
 def round_trips(setup: Setup) -> dict[str, float]:
@@ -193,9 +308,9 @@ def round_trips(setup: Setup) -> dict[str, float]:
     """
     trips = {}
     for name in ("redis", "other", "peer"):
-        url = setup.variants[f"{name} secure"]
+        url, headers = setup.variants[f"{name} secure"]
         before = servers.redis_replies(setup.redis_uri)
-        statuses = {servers.get(url, setup.headers) for _ in range(TRIPS_SAMPLE)}
+        statuses = {servers.get(url, headers) for _ in range(TRIPS_SAMPLE)}
         replies = servers.redis_replies(setup.redis_uri) - before - 1  # less the first INFO's
         trips[name] = replies / TRIPS_SAMPLE
         if statuses != {200} or trips[name] <= 0:
@@ -203,34 +318,131 @@ def round_trips(setup: Setup) -> dict[str, float]:
     return trips
 
 
-def end_to_end(project: Project, key: str, entry: str, work: Path, arguments) -> tuple:
-    """Every variant under wrk, interleaved in rounds: runs by variant, settings, round trips."""
+def check_tools() -> str:
+    """wrk's path; LookupError naming what is missing for the end-to-end rows."""
     missing = [name for name in ("wrk", "redis-server") if not shutil.which(name)]
     if missing:
         names = " ".join(missing)
         raise LookupError(f"{names.replace(' ', ' and ')} not installed (apt-get install {names})")
-    wrk_path, load = shutil.which("wrk"), (arguments.seconds, arguments.connections)
+    return shutil.which("wrk")
+
+
+def rounds_of(variants: dict, arguments, what: str, wrap=None) -> dict[str, list[Run]]:
+    """Every variant under wrk once per round, in a new order each round, after a warm-up.
+
+    ``wrap(name)``: a context manager around a variant's run (the registry changing).
+    """
+    wrk_path = shutil.which("wrk")
+
+    def one(name: str, seconds: float) -> Run:
+        url, headers = variants[name]
+        with wrap(name) if wrap else contextlib.nullcontext():
+            return servers.wrk(wrk_path, url, headers, seconds, arguments.connections)
+
+    for name in variants:  # warm-up, as the runs go: first requests fill caches
+        one(name, 1)
+    results: dict[str, list[Run]] = {name: [] for name in variants}
+    for number in range(arguments.rounds):
+        progress(f"{what}: round {number + 1} of {arguments.rounds}")
+        for name in shuffled(variants):
+            results[name].append(one(name, arguments.seconds))
+    return results
+
+
+def end_to_end(project: Project, key: str, env: dict[str, str], pg, work: Path, arguments):
+    """Every variant under wrk, interleaved in rounds: runs by variant, settings, round trips,
+    and the PostgreSQL-backed server's environment and workers' memory (for the large
+    registry's rows)."""
     with contextlib.ExitStack() as stack:
-        setup = start_servers(project, key, entry, work, stack)
-        for url in setup.variants.values():  # warm-up: first requests fill caches
-            servers.wrk(wrk_path, url, setup.headers, 1, arguments.connections)
+        setup = start_servers(project, key, env, pg, work, stack)
         trips = round_trips(setup)
-        results: dict[str, list[Run]] = {name: [] for name in setup.variants}
-        for number in range(arguments.rounds):
-            progress(f"end to end: round {number + 1} of {arguments.rounds}")
-            for name in shuffled(setup.variants):
-                results[name].append(
-                    servers.wrk(wrk_path, setup.variants[name], setup.headers, *load)
-                )
+        results = rounds_of(setup.variants, arguments, "end to end")
+        small_memory = [servers.memory(pid) for pid in setup.pg.workers] if setup.pg else []
     pure = "redis" if setup.hiredis == "other" else "other"
     results["hiredis secure"] = results[f"{setup.hiredis} secure"]
     results["pure secure"] = results[f"{pure} secure"]
-    return results, setup.settings, trips
+    return results, setup, trips, small_memory
 
 
-def row(goal: Goal, results: dict[str, list[Run]], settings: dict[str, str], why: str):
+def follow_revoke(project: Project, env: dict[str, str], served: Served, name: str, key: str):
+    """``flask keys revoke NAME``; seconds from the revocation (as the registry recorded it)
+    until each worker refuses the key, or ``inf`` for a worker that never did.
+
+    Each worker answers in turn while the others are stopped (the kernel picks which
+    worker accepts a connection); the first answer each gives after the command
+    exits counts, so the time is a bound from above.
+    """
+    url, headers = served.base + SECURE, headers_for(project, key)
+    for worker in range(len(served.workers)):
+        with servers.only_worker(served.workers, worker):
+            status = servers.get(url, headers)
+        if status != 200:
+            raise RuntimeError(f"worker {worker}: key {name!r} answered {status} before revoke")
+    flask(project, env, "keys", "revoke", name)
+    since = large_registry.revoked_at(env["DATABASE_URL"], name)
+    reached = dict.fromkeys(range(len(served.workers)), math.inf)
+    deadline = time.monotonic() + PROPAGATION_TIMEOUT
+    while math.inf in reached.values() and time.monotonic() < deadline:
+        for worker in [w for w, seconds in reached.items() if seconds == math.inf]:
+            with servers.only_worker(served.workers, worker):
+                status = servers.get(url, headers)
+            if status == 401:
+                reached[worker] = time.time() - since
+            elif status != 200:
+                raise RuntimeError(f"worker {worker}: key {name!r} answered {status}")
+        time.sleep(0.01)
+    return list(reached.values())
+
+
+def large(project: Project, setup: Setup, pg, work: Path, arguments) -> tuple[dict, dict]:
+    """A registry of ``--keys`` keys in PostgreSQL, served by gunicorn as the one-key one is:
+    start-up, memory, revokes followed to every worker, latency while keys are revoked."""
+    count = arguments.keys
+    url = pg.database("large")
+    env = {**setup.pg_env, "DATABASE_URL": url}
+    upgrade(project, env)
+    victims = {f"victim-{number}": new_key(project)[0] for number in range(arguments.revokes)}
+    progress(f"large registry: {count:,} keys into PostgreSQL (COPY), one by flask keys create")
+    large_registry.fill(url, count - 1, victims)
+    load_key = create_key(project, env, "load")  # the key wrk sends: key number `count`
+    facts: dict = {"startup": {"large": [], "small": []}}
+    for number in range(arguments.starts):  # the two registries in turn, same settings
+        progress(f"large registry: start-up {number + 1} of {arguments.starts}")
+        for which, server_env in (("small", setup.pg_env), ("large", env)):
+            process, _ = servers.gunicorn(
+                f"{project.package}:create_app()", project.root, server_env, work / "start.log"
+            )
+            process.stop()
+            facts["startup"][which].append(process.started_in)
+    with contextlib.ExitStack() as stack:
+        served = serve(project, env, work / "large.log", stack)
+        progress(f"large registry: following {len(victims)} flask keys revoke to every worker")
+        facts["propagation"] = [
+            max(follow_revoke(project, env, served, name, key)) for name, key in victims.items()
+        ]
+        names = (large_registry.bulk_name(number) for number in range(count))
+        changes = large_registry.Changes(url, names, CHANGE_EVERY)
+        stack.callback(changes.close)
+        variants = {
+            "large quiet": (served.base + SECURE, headers_for(project, load_key)),
+            "large changing": (served.base + SECURE, headers_for(project, load_key)),
+        }
+        results = rounds_of(
+            variants,
+            arguments,
+            "large registry",
+            lambda name: changes if name == "large changing" else contextlib.nullcontext(),
+        )
+        facts["changes"] = changes.count
+        facts["memory"] = [servers.memory(pid) for pid in served.workers]
+    return results, facts
+
+
+def row(goal: Goal | Fact, results: dict[str, list[Run]], facts: dict, labels: dict, why: str):
     """Cells: benchmark, goal, measured, verdict, req/s, p50, p99, errors."""
-    label = goal.label.format(**settings)
+    label = goal.label.format(**labels)
+    if isinstance(goal, Fact):
+        return fact_row(goal, label, facts, why)
     runs = results.get(goal.variant)
     if not runs:
         return [label, goal_text(goal) if goal.baseline else "baseline", why, SKIPPED, *"----"]
@@ -243,24 +455,62 @@ def row(goal: Goal, results: dict[str, list[Run]], settings: dict[str, str], why
     ]
     if goal.baseline is None:
         return [label, "baseline", "-", INFO, *figures]
-    pairs = zip(runs, results[goal.baseline], strict=True)  # the same rounds
-    ratios = [b.rps / v.rps if goal.cost else v.rps / b.rps for v, b in pairs]
+    ratios = [ratio(goal, v, b) for v, b in zip(runs, results[goal.baseline], strict=True)]
     value = statistics.median(ratios)
     measured = f"{value:.2f}x"
     if len(ratios) > 1:  # how far the rounds spread: a verdict near its goal is "about there"
         low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
         measured += f" (IQR {low:.2f}-{high:.2f})"
     errors += sum(run.errors for run in results[goal.baseline])
-    within = goal.bound is not None and (value <= goal.bound if goal.cost else value >= goal.bound)
+    lower = goal.measure != "rps"
+    within = goal.bound is not None and (value <= goal.bound if lower else value >= goal.bound)
     verdict = INFO if goal.bound is None or goal.info else PASS if within and not errors else MISSED
     return [label, goal_text(goal), measured, verdict, *figures]
 
 
-def goal_text(goal: Goal) -> str:
+def ratio(goal: Goal, variant: Run, baseline: Run) -> float:
+    """One round's ratio, from runs taken back to back."""
+    if goal.measure == "time":  # time per request: the inverse of requests per second
+        return baseline.rps / variant.rps
+    if goal.measure == "p99":
+        return variant.p99_ms / baseline.p99_ms
+    return variant.rps / baseline.rps
+
+
+def goal_text(goal: Goal | Fact) -> str:
     if goal.bound is None:
         return "-"
-    text = f"{'<=' if goal.cost else '>='} {goal.bound:.2f}x"
+    if isinstance(goal, Fact):
+        return f"<= {goal.bound:.1f} s"
+    text = f"{'>=' if goal.measure == 'rps' else '<='} {goal.bound:.2f}x"
+    text = f"p99 {text}" if goal.measure == "p99" else text
     return f"{text} (info)" if goal.info else text
+
+
+def fact_row(fact: Fact, label: str, facts: dict, why: str) -> list[str]:
+    if fact.fact not in facts:
+        return [label, goal_text(fact), why, SKIPPED, *"----"]
+    if fact.fact == "startup":
+        times = facts["startup"]
+        measured = (
+            f"{statistics.median(times['large']):.2f} s "
+            f"(1 key: {statistics.median(times['small']):.2f} s)"
+        )
+    elif fact.fact == "memory":
+        largest = max(rss for rss, _ in facts["memory"]) / MB
+        reference = max(rss for rss, _ in facts["memory small"]) / MB
+        measured = f"{largest:.0f} MB (1 key: {reference:.0f} MB)"
+    else:  # propagation
+        times = facts["propagation"]
+        measured = f"{statistics.median(times):.2f} s"
+        if len(times) > 1:
+            measured += f" (max {max(times):.2f} s of {len(times)})"
+        if max(times) == math.inf:
+            measured = f"not within {PROPAGATION_TIMEOUT:.0f} s"
+    if fact.bound is None:
+        return [label, goal_text(fact), measured, INFO, *"---", "-"]
+    verdict = PASS if max(facts[fact.fact]) <= fact.bound else MISSED
+    return [label, goal_text(fact), measured, verdict, *"---", "-"]
 
 
 def table(rows: list[list[str]]) -> str:
@@ -280,6 +530,7 @@ def machine() -> str:
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
         cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), cpu)
     names = ("flask", "werkzeug", "limits", "redis", "gunicorn", "flask-limiter")
+    names += ("sqlalchemy", "psycopg")
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in names)
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     return (
@@ -288,42 +539,102 @@ def machine() -> str:
     )
 
 
+def notes(facts: dict, trips: dict, results: dict[str, list[Run]], arguments) -> list[str]:
+    """What the table has no room for: round trips, each worker's memory, the slowest
+    request, what the large registry was made of."""
+    lines = []
+    if trips:
+        lines.append(
+            f"Redis round trips per keyed request (the server's replies over {TRIPS_SAMPLE} "
+            f"requests): {SECURE} {trips['redis']:.2f} (with the other parser "
+            f"{trips['other']:.2f}), Flask-Limiter {trips['peer']:.2f}."
+        )
+    if "memory" in facts:
+
+        def workers(memory: list[tuple[int, int]]) -> str:
+            return ", ".join(f"{rss / MB:.0f} MB ({own / MB:.0f} MB own)" for rss, own in memory)
+
+        lines.append(
+            f"Memory per worker after its runs, RSS (of which not shared with the master): "
+            f"{arguments.keys:,} keys {workers(facts['memory'])}; "
+            f"1 key {workers(facts['memory small'])}."
+        )
+    if results.get("large changing"):
+        quiet, changing = results["large quiet"], results["large changing"]
+        lines.append(
+            f"{arguments.keys:,} keys: {facts['changes']} keys revoked during the "
+            f"{len(changing)} run(s) with changes; slowest request "
+            f"{max(run.max_ms for run in changing):.1f} ms with changes, "
+            f"{max(run.max_ms for run in quiet):.1f} ms without (usual p99 "
+            f"{statistics.median(run.p99_ms for run in quiet):.2f} ms)."
+        )
+    return lines
+
+
+def written_outside(places: list[Path]) -> list[Path]:
+    """The default database's ``instance/`` directories in ``places`` (a run must make none)."""
+    return [place / "instance" for place in places if (place / "instance").exists()]
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     started = time.perf_counter()
     header = machine()  # before the run: the load average says how busy the machine was
-    settings = {name: "not run" for name in ("memory", "redis", "peer")}
-    skipped, trips = "not measured", {}
+    checkouts = [Path.cwd(), arguments.template.resolve()]
+    before = written_outside(checkouts)
+    labels = {name: "not run" for name in ("memory", "redis", "peer", "pg")}
+    labels["keys"] = f"{arguments.keys:,}"
+    why = {"": "not measured", "e2e": "not measured", "pg": "not measured"}
+    trips, facts = {}, {}
     with tempfile.TemporaryDirectory(prefix="apikey-bench-") as directory:
         work = Path(directory)
         progress(f"baking the default project from {arguments.template}")
         project = bake(arguments.template.resolve(), work)
+        project = install(project, work)
         key, entry = new_key(project)
+        env = production(API_KEYS=entry)
+        progress("flask db upgrade: the default database, SQLite under the project's instance/")
+        upgrade(project, env)
         rounds = 4 * arguments.rounds
         progress(f"in process: {rounds} rounds x {arguments.batch} requests per route")
-        results = in_process(project, key, entry, work, rounds, arguments.batch)
-        progress("end to end: starting redis-server and gunicorn (and hiredis for one of them)")
-        try:
-            runs, settings, trips = end_to_end(project, key, entry, work, arguments)
-            results |= runs
-        except LookupError as error:
-            skipped = str(error)
-            progress(f"end to end SKIPPED: {skipped}")
-    rows = [row(goal, results, settings, skipped) for goal in GOALS]
+        results = in_process(project, key, env, work, rounds, arguments.batch)
+        with contextlib.ExitStack() as stack:
+            try:
+                check_tools()
+                try:
+                    pg = stack.enter_context(servers.postgres_server())
+                except LookupError as error:
+                    pg, why["pg"] = None, str(error)
+                    progress(f"PostgreSQL rows SKIPPED: {why['pg']}")
+                progress("end to end: starting redis-server, PostgreSQL's database and gunicorn")
+                runs, setup, trips, facts["memory small"] = end_to_end(
+                    project, key, env, pg, work, arguments
+                )
+                results |= runs
+                labels |= setup.settings
+                if pg is not None:
+                    runs, more = large(project, setup, pg, work, arguments)
+                    results |= runs
+                    facts |= more
+            except LookupError as error:
+                why["e2e"] = why["pg"] = str(error)
+                progress(f"end to end SKIPPED: {why['e2e']}")
+    strays = sorted(set(written_outside(checkouts)) - set(before))
+    if strays:
+        raise RuntimeError(f"the run wrote outside its directory: {', '.join(map(str, strays))}")
+    rows = [row(goal, results, facts, labels, why[goal.needs]) for goal in ROWS]
     print("# Benchmarks of the default generated project\n")
     print(f"Machine: {header}.")
     print(
         f"Settings as in README.md; wrk: 1 thread, {arguments.connections} connections, "
         f"{arguments.seconds} s per run, {arguments.rounds} round(s); in process: {rounds} "
-        f"rounds x {arguments.batch} requests per route; {HIREDIS} for the hiredis row.\n"
+        f"rounds x {arguments.batch} requests per route; {HIREDIS} for the hiredis row; "
+        f"large registry: {arguments.keys:,} keys, {arguments.starts} start-up(s), "
+        f"{arguments.revokes} revoke(s) followed.\n"
     )
     print(table(rows))
-    if trips:
-        print(
-            f"\nRedis round trips per keyed request (the server's replies over {TRIPS_SAMPLE} "
-            f"requests): {SECURE} {trips['redis']:.2f} (with the other parser "
-            f"{trips['other']:.2f}), Flask-Limiter {trips['peer']:.2f}."
-        )
+    for line in notes(facts, trips, results, arguments):
+        print(f"\n{line}")
     missed = sum(cells[3] == MISSED for cells in rows)
     skipped_rows = sum(cells[3] == SKIPPED for cells in rows)
     errors = sum(cells[7] not in ("0", "-") for cells in rows)
