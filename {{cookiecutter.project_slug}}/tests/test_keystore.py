@@ -21,7 +21,12 @@ import pytest
 from flask.cli import ScriptInfo
 from sqlalchemy import event, select, update
 
-from {{ cookiecutter.package_name }} import ConfigError, create_app, keystore, registry
+from {{ cookiecutter.package_name }} import (
+    ConfigError,
+    create_app,
+    keystore,
+    registry,
+)
 from {{ cookiecutter.package_name }}.cli import keys as keys_command
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
 from {{ cookiecutter.package_name }}.db import db

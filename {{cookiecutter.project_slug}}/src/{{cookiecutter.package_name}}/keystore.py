@@ -70,7 +70,7 @@ class KeyStore(KeyRing):
         if self._refresher_pid != os.getpid():
             self._start_refresher()
         if time.monotonic() - self._refreshed >= 2 * REFRESH_EVERY:
-            self.refresh()
+            self.refresh(wait=False)
         return super().lookup(presented)
 
     def load(self) -> None:
@@ -82,10 +82,13 @@ class KeyStore(KeyRing):
                 f"DATABASE_URL: cannot read the key registry ({type(error).__name__})"
             ) from None
 
-    def refresh(self) -> None:
-        """Read what changed since the last look; one thread at a time, the others go on
-        with the registry as it is, so no request waits for another's refresh."""
-        if not self._refreshing.acquire(blocking=False):
+    def refresh(self, *, wait: bool = True) -> None:
+        """Read what changed since the last look, and write the usage counts when due.
+
+        One thread at a time; with ``wait=False`` (a request) it returns at once when
+        another thread is refreshing, so no request waits for another's refresh.
+        """
+        if not self._refreshing.acquire(blocking=wait):
             return
         try:
             self._refreshed = time.monotonic()
