@@ -9,10 +9,12 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from flask.cli import ScriptInfo
 
 from {{ cookiecutter.package_name }} import create_app, keys, registry
 from {{ cookiecutter.package_name }} import logs as app_logs
@@ -189,22 +191,41 @@ def registry_key():
 
 @pytest.fixture
 def keys_cli(runner):
-    """Run ``flask keys ARGS...`` on registry_path as the user ``auditor``; return click's Result
-    (``.stdout`` and ``.stderr`` apart). Keyword arguments are extra environment variables.
+    """Run ``flask keys ARGS...`` as the user ``auditor`` on the test's app, or on an app of
+    its own made from ``app_environ``; return click's Result (``.stdout`` and ``.stderr``
+    apart). Other keyword arguments are extra environment variables.
 
     The command sets up logging for its own (captured) stderr; the app's logging is put
     back afterwards, so requests made later in the test still log where they did.
     """
 
-    def invoke(*args, input=None, **environ):
+    def invoke(*args, input=None, app_environ=None, **environ):
         logger = logging.getLogger(PACKAGE_LOGGER)
         saved = list(logger.handlers), logger.level, logger.propagate
         env = {"USER": "auditor", **environ}
+        # With app_environ the command loads an app of its own, as `flask keys` does: without
+        # the start-up checks a server makes (no schema yet, no key yet in production).
+        own = {"obj": ScriptInfo(create_app=lambda: create_app(app_environ))} if app_environ else {}
         try:
-            return runner.invoke(keys_command, list(args), input=input, env=env)
+            return runner.invoke(keys_command, list(args), input=input, env=env, **own)
         finally:
             logger.handlers[:] = saved[0]
             logger.setLevel(saved[1])
             logger.propagate = saved[2]
 
     return invoke
+
+
+@pytest.fixture
+def wait_for():
+    """``wait_for(condition, seconds)``: poll on the real clock until ``condition()`` holds;
+    fail after ``seconds``; return how long it took."""
+
+    def wait(condition, seconds):
+        start = time.monotonic()
+        while not condition():
+            assert time.monotonic() - start < seconds, f"not within {seconds} s"
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    return wait

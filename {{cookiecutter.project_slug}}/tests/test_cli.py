@@ -6,21 +6,17 @@ non-zero exit, and an untouched registry.
 """
 
 import json
-import logging
 import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from flask.cli import ScriptInfo
 from sqlalchemy import select, update
 
-from {{ cookiecutter.package_name }} import create_app, keys, registry
-from {{ cookiecutter.package_name }}.cli import keys as keys_command
+from {{ cookiecutter.package_name }} import keys, registry
 from {{ cookiecutter.package_name }}.db import db
 from {{ cookiecutter.package_name }}.models import ApiKey, RegistryVersion
 
 OTHER_PREFIX = "zz" if keys.KEY_PREFIX != "zz" else "yy"
-PACKAGE = "{{ cookiecutter.package_name }}"
 
 
 def created_key(result):
@@ -420,26 +416,6 @@ def unusable_database(request, tmp_path):
     return f"postgresql+psycopg://keys:hunter2@127.0.0.1:{closed_port()}/registry"
 
 
-@pytest.fixture
-def keys_on(runner):
-    """Run ``flask keys ARGS...`` on the database at DATABASE_URL, as the command loads
-    the app for itself: without the start-up checks a server makes."""
-
-    def invoke(database_url, *args):
-        environ = {"APP_ENV": "testing", "DATABASE_URL": database_url}
-        info = ScriptInfo(create_app=lambda: create_app(environ))
-        logger = logging.getLogger(PACKAGE)
-        saved = list(logger.handlers), logger.level, logger.propagate
-        try:
-            return runner.invoke(keys_command, list(args), obj=info)
-        finally:
-            logger.handlers[:] = saved[0]
-            logger.setLevel(saved[1])
-            logger.propagate = saved[2]
-
-    return invoke
-
-
 @pytest.mark.parametrize(
     "args",
     [
@@ -451,8 +427,8 @@ def keys_on(runner):
         ["show", "ci"],
     ],
 )
-def test_unusable_database_is_one_clear_error_line(keys_on, unusable_database, args):
-    result = keys_on(unusable_database, *args)
+def test_unusable_database_is_one_clear_error_line(keys_cli, unusable_database, args):
+    result = keys_cli(*args, app_environ={"APP_ENV": "testing", "DATABASE_URL": unusable_database})
     assert result.exit_code == 1
     line = one_error_line(result)
     assert "DATABASE_URL" in line

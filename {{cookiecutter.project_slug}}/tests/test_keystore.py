@@ -5,7 +5,6 @@ ridden out on the last registry read.
 
 import contextlib
 import json
-import logging
 import os
 import pwd
 import shutil
@@ -18,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from flask.cli import ScriptInfo
 from sqlalchemy import event, select, update
 
 from {{ cookiecutter.package_name }} import (
@@ -27,7 +25,6 @@ from {{ cookiecutter.package_name }} import (
     keystore,
     registry,
 )
-from {{ cookiecutter.package_name }}.cli import keys as keys_command
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
 from {{ cookiecutter.package_name }}.db import db
 from {{ cookiecutter.package_name }}.keys import hashed_entry
@@ -50,15 +47,6 @@ def on_another_host(change, **environ):
     its own on the same database. Returns what ``change`` returns."""
     with create_app({"APP_ENV": "testing", **environ}).app_context():
         return change()
-
-
-def wait_for(condition, seconds):
-    """Poll ``condition`` on the real clock until it holds; return how long that took."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < seconds, f"not within {seconds} s"
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 class Statements:
@@ -119,7 +107,7 @@ def test_changes_after_start_are_honoured_at_the_next_refresh(make_app, key):
     assert whoami(app, key).status_code == 200  # API_KEYS are not in the registry
 
 
-def test_changes_are_honoured_within_a_second_without_any_call(make_app):
+def test_changes_are_honoured_within_a_second_without_any_call(make_app, wait_for):
     """No refresh called: requests themselves look at the registry, at most once a second."""
     app = make_app()
 
@@ -265,26 +253,16 @@ def test_refused_requests_are_not_counted_as_use(make_app, monkeypatch):
 # ---- production start-up ------------------------------------------------------------------
 
 
-def keys_in_production(runner, *args):
-    """`flask keys ARGS...` with APP_ENV=production and no API_KEYS: the command loads the
-    app for itself, without the start-up checks a server makes."""
-    info = ScriptInfo(create_app=lambda: create_app({"APP_ENV": "production"}))
-    logger = logging.getLogger(PACKAGE)
-    saved = list(logger.handlers), logger.level, logger.propagate
-    try:
-        return runner.invoke(keys_command, list(args), obj=info)
-    finally:
-        logger.handlers[:] = saved[0]
-        logger.setLevel(saved[1])
-        logger.propagate = saved[2]
+# `flask keys` in production, with no API_KEYS: the command loads an app of its own.
+PRODUCTION = {"APP_ENV": "production"}
 
 
-def test_production_refuses_to_serve_without_a_key_and_flask_keys_create_still_works(runner):
+def test_production_refuses_to_serve_without_a_key_and_flask_keys_create_still_works(keys_cli):
     with pytest.raises(ConfigError, match="API_KEYS") as raised:
         create_app({"APP_ENV": "production"})
     assert "flask keys create" in str(raised.value)
 
-    result = keys_in_production(runner, "create", "first")
+    result = keys_cli("create", "first", app_environ=PRODUCTION)
     assert result.exit_code == 0, result.output
     first_key = result.stdout.strip()
     app = create_app({"APP_ENV": "production"})
@@ -295,13 +273,13 @@ def test_production_refuses_to_serve_without_a_key_and_flask_keys_create_still_w
     assert response.json["name"] == "first"
 
 
-def test_production_refuses_a_registry_of_only_unusable_keys(runner):
+def test_production_refuses_a_registry_of_only_unusable_keys(keys_cli):
     for name in ("gone", "moved"):
-        assert keys_in_production(runner, "create", name).exit_code == 0
-    assert keys_in_production(runner, "revoke", "gone").exit_code == 0
-    assert keys_in_production(runner, "rotate", "moved", "--grace", "0").exit_code == 0
+        assert keys_cli("create", name, app_environ=PRODUCTION).exit_code == 0
+    assert keys_cli("revoke", "gone", app_environ=PRODUCTION).exit_code == 0
+    assert keys_cli("rotate", "moved", "--grace", "0", app_environ=PRODUCTION).exit_code == 0
     create_app({"APP_ENV": "production"})  # the rotated key's successor serves
-    assert keys_in_production(runner, "revoke", "moved").exit_code == 0
+    assert keys_cli("revoke", "moved", app_environ=PRODUCTION).exit_code == 0
     with pytest.raises(ConfigError, match="API_KEYS"):
         create_app({"APP_ENV": "production"})
 
@@ -405,7 +383,7 @@ def postgresql(tmp_path):
 
 
 def test_database_outage_keys_keep_working_and_the_server_recovers_by_itself(
-    make_app, postgresql, logs, monkeypatch
+    make_app, postgresql, logs, monkeypatch, wait_for
 ):
     monkeypatch.setattr(keystore, "USAGE_EVERY", 0.0)
     app = make_app(DATABASE_URL=postgresql.url)

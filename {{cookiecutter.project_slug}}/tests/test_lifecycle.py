@@ -3,7 +3,6 @@ client and an operator see them through the running app, with the registry in th
 """
 
 import socket
-import time
 from datetime import UTC, datetime, timedelta
 from unittest.mock import ANY
 
@@ -25,15 +24,6 @@ def now():
 def error_code(response):
     assert response.json == {"error": ANY, "message": ANY}
     return response.json["error"]
-
-
-def wait_for(condition, seconds):
-    """Poll ``condition`` on the real clock until it holds; return how long that took."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < seconds, f"not within {seconds} s"
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 def get(app, path, api_key, **kwargs):
@@ -251,7 +241,7 @@ def test_ip_spoofing_forwarded_for_is_ignored_without_trusted_proxies(make_app, 
 # ---- a running server follows the registry ------------------------------------------------------
 
 
-def test_revoked_key_is_refused_by_a_running_server_within_a_second(make_app, keys_cli):
+def test_revoked_key_is_refused_by_a_running_server_within_a_second(make_app, keys_cli, wait_for):
     old_key = keys_cli("create", "old").stdout.strip()
     app = make_app()
     client = app.test_client()
