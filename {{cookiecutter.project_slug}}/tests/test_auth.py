@@ -59,8 +59,20 @@ def test_brute_force_guess_is_refused(client, presented):
 
 
 def test_key_with_surrounding_whitespace_is_accepted(client, key):
-    response = client.get("/v1/secure-data", headers={API_KEY_HEADER: f"  {key} "})
+    response = client.get("/v1/secure-data", headers={API_KEY_HEADER: f" \t{key} \t"})
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize("padding", ["\u00a0", "\u2003", "\u3000", "\x0b", "\x0c"])
+def test_credential_confusion_key_padded_beyond_http_whitespace_is_refused(
+    client, key, logs, padding
+):
+    """HTTP trims only spaces and tabs around a header value; a key padded with anything
+    else (a non-breaking space pasted from a document) is not the key."""
+    response = client.get("/v1/secure-data", headers={API_KEY_HEADER: f"{padding}{key}{padding}"})
+    assert refused(response, 401, "invalid_api_key")
+    assert key not in response.get_data(as_text=True)
+    assert key not in logs.text
 
 
 def test_key_in_query_string_is_ignored(client, key):
