@@ -86,6 +86,15 @@ def loaded_rows():
 # ---- following the registry --------------------------------------------------------------
 
 
+def test_a_fresh_process_never_answers_from_a_stale_registry(make_app):
+    """A worker that gunicorn forks long after start-up inherits the registry read then:
+    its first request must not pass a key revoked since (credential revocation bypass)."""
+    revoked, _ = on_another_host(lambda: registry.create("soon-revoked", now=now()))
+    app = make_app()  # reads the registry at start-up, as the gunicorn master does
+    on_another_host(lambda: registry.revoke("soon-revoked", now=now()))
+    assert whoami(app, revoked).status_code == 401  # the first request of this process
+
+
 def test_changes_after_start_are_honoured_at_the_next_refresh(make_app, key):
     app = make_app()
     store = app.extensions["api_keys"]

@@ -62,12 +62,14 @@ class KeyStore(KeyRing):
     def lookup(self, presented: str) -> KeyRecord | None:
         """The record of a presented key, from a registry at most about a second old.
 
-        A background thread of each process keeps the registry fresh, so a request
-        reads the database only when that thread has fallen behind: the first request
-        of a worker forked long after start-up, say. Even then it never waits for a
-        refresh another thread is making.
+        A background thread of each process keeps the registry fresh. A request reads
+        the database only as the first of a new process (a worker gunicorn forks long
+        after start-up must not answer from the registry of that start-up: a key
+        revoked since would pass), or when that thread has fallen behind, and then
+        it never waits for a refresh another thread is making.
         """
         if self._refresher_pid != os.getpid():
+            self.refresh()
             self._start_refresher()
         if time.monotonic() - self._refreshed >= 2 * REFRESH_EVERY:
             self.refresh(wait=False)
