@@ -24,6 +24,7 @@ from flask import Flask, current_app, g, request
 from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 
+from . import security
 from .errors import APIError
 from .keys import KeyRecord
 
@@ -221,11 +222,9 @@ def client_network(address: str | None) -> str:
 
     Only a valid IP address may name a counter; anything else counts as ``unknown``.
     """
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
+    ip = security.client_ip(address)
+    if ip is None:
         return "unknown"
-    ip = getattr(ip, "ipv4_mapped", None) or ip
     if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
     return str(ip)

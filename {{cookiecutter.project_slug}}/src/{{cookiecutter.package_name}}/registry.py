@@ -164,12 +164,15 @@ def check_rate_limit(limit: str | None) -> str | None:
 
 def current(name: str) -> ApiKey:
     """The key that holds NAME now (not a rotated predecessor)."""
-    key = db.session.scalars(
-        select(ApiKey).where(ApiKey.name == check_name(name), ApiKey.rotated.is_(None))
-    ).first()
+    key = db.session.scalars(_holding(check_name(name))).first()
     if key is None:
         raise RegistryError(f"no key named {name!r}; `flask keys list` shows the names")
     return key
+
+
+def _holding(name: str):
+    """The query for the key that holds NAME now: rotated predecessors share the name."""
+    return select(ApiKey).where(ApiKey.name == name, ApiKey.rotated.is_(None))
 
 
 def all_keys(*, unused_for: timedelta | None = None, now: datetime) -> list[ApiKey]:
@@ -247,9 +250,7 @@ def create(
         expires=expires,
     )
     with changing() as version:
-        if db.session.scalars(
-            select(ApiKey.id).where(ApiKey.name == name, ApiKey.rotated.is_(None))
-        ).first():
+        if db.session.scalars(_holding(name)).first():
             raise RegistryError(f"a key named {name!r} already exists; choose another name")
         entry.version = version
         db.session.add(entry)

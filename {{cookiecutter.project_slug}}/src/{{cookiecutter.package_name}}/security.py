@@ -95,7 +95,7 @@ class ForwardedClient:
         proxy = environ.pop("REMOTE_ADDR", None)
         forwarded = [part.strip() for part in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")]
         client = forwarded[-self.hops] if len(forwarded) >= self.hops else ""
-        if _is_ip_address(client):
+        if client_ip(client) is not None:
             environ["REMOTE_ADDR"] = client
         else:  # log the proxy only: nothing from the header reaches a log line
             log.warning("X-Forwarded-For names no client (via %s): the client is unknown", proxy)
@@ -133,21 +133,20 @@ def client_ip_allowed(address: str | None, networks: Iterable[Network]) -> bool:
     networks = tuple(networks)
     if not networks:
         return True
+    ip = client_ip(address)
+    return ip is not None and any(ip in network for network in networks)
+
+
+def client_ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``address`` as an IP address, or None when it is not one (an unknown client).
+
+    A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d: they come back as IPv4.
+    """
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:
-        return False
-    # A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d; compare them as IPv4.
-    ip = getattr(ip, "ipv4_mapped", None) or ip
-    return any(ip in network for network in networks)
-
-
-def _is_ip_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+        return None
+    return getattr(ip, "ipv4_mapped", None) or ip
 
 
 def _require_https() -> None:
