@@ -4,16 +4,14 @@ a fresh API key per test, and a capture of the app's own formatted log lines.
 
 import json
 import logging
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from dbcommands import upgrade
 from flask.cli import ScriptInfo
 
 from {{ cookiecutter.package_name }} import create_app, keys, registry
@@ -77,16 +75,7 @@ def pytest_make_parametrize_id(config, val, argname):
 def migrated_database(tmp_path_factory) -> Path:
     """A SQLite database made once per session by `flask db upgrade`, as a user makes one."""
     root = tmp_path_factory.mktemp("migrated")
-    environ = {**os.environ, "DATABASE_URL": f"sqlite:///{root / 'app.db'}", "APP_ENV": "testing"}
-    environ["PYTHONPATH"] = os.pathsep.join(sys.path)
-    package = create_app.__module__
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", package, "db", "upgrade"],
-        env=environ,
-        cwd=root,
-        check=True,
-        capture_output=True,
-    )
+    upgrade(f"sqlite:///{root / 'app.db'}", cwd=root)
     return root / "app.db"
 
 

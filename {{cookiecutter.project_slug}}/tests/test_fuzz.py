@@ -11,13 +11,11 @@ Schemathesis skips /openapi.json itself, the document it reads; test_openapi.py
 covers that route.
 """
 
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import schemathesis
+from dbcommands import upgrade
 from hypothesis import settings
 from schemathesis.checks import positive_data_acceptance
 
@@ -35,15 +33,7 @@ def migrated_database() -> str:
     the developer's own instance/app.db."""
     directory = Path(DATABASE_DIRECTORY.name)
     url = f"sqlite:///{directory / 'app.db'}"
-    environ = {**os.environ, "DATABASE_URL": url, "APP_ENV": "testing"}
-    environ["PYTHONPATH"] = os.pathsep.join(sys.path)
-    subprocess.run(
-        [sys.executable, "-m", "flask", "--app", create_app.__module__, "db", "upgrade"],
-        env=environ,
-        cwd=directory,
-        check=True,
-        capture_output=True,
-    )
+    upgrade(url, cwd=directory)
     return url
 
 

@@ -10,13 +10,13 @@ import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from dbcommands import upgrade
 from sqlalchemy import event, select, update
 
 from {{ cookiecutter.package_name }} import (
@@ -374,16 +374,7 @@ def postgresql(tmp_path):
     try:
         server.init()
         server.start()
-        environ = {**os.environ, "DATABASE_URL": server.url, "APP_ENV": "testing"}
-        environ["PYTHONPATH"] = os.pathsep.join(sys.path)
-        subprocess.run(
-            [sys.executable, "-m", "flask", "--app", PACKAGE, "db", "upgrade"],
-            env=environ,
-            cwd=tmp_path,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        upgrade(server.url, cwd=tmp_path)
         yield server
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped

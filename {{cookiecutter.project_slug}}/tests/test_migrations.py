@@ -5,12 +5,13 @@ Each test runs ``flask db`` as a user does, in a subprocess, on the copy of the
 migrated database conftest.py puts in instance/app.db.
 """
 
-import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+from dbcommands import flask_db as run_flask_db
 
 from {{ cookiecutter.package_name }} import create_app
 
@@ -21,17 +22,7 @@ DATABASE = "instance/app.db"
 
 def flask_db(*arguments, pythonpath=None):
     """Run ``flask db ARGUMENTS`` on instance/app.db; return the finished process."""
-    environ = {**os.environ, "DATABASE_URL": f"sqlite:///{Path(DATABASE).resolve()}"}
-    environ["APP_ENV"] = "testing"
-    environ["PYTHONPATH"] = os.pathsep.join([*([pythonpath] if pythonpath else []), *sys.path])
-    return subprocess.run(
-        [sys.executable, "-m", "flask", "--app", PACKAGE, "db", *arguments],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_flask_db(f"sqlite:///{Path(DATABASE).resolve()}", *arguments, pythonpath=pythonpath)
 
 
 def tables():
