@@ -6,6 +6,7 @@ import os
 from datetime import UTC, datetime
 
 import pytest
+from problems import problem
 from sqlalchemy import select
 
 from {{ cookiecutter.package_name }}.api import MAX_PAGE_SIZE, PAGE_SIZE
@@ -143,16 +144,25 @@ def test_items_are_stored_for_the_owner_of_the_key(owners):
     assert stored_items(app) == [("acme", "invoice")]
 
 
-def test_mass_assignment_the_owner_comes_from_the_key_never_the_body(owners):
+def test_mass_assignment_fields_the_body_may_not_set_are_refused(owners):
+    """The owner comes from the key, never the body: a body naming it, or any field the
+    model does not declare, is refused with the fields named, and nothing is stored."""
     app, made = owners
     response = app.test_client().post(
         "/v1/items",
         json={"name": "planted", "owner": "globex", "created_by": "globex", "id": 1},
         headers={API_KEY_HEADER: made["acme-ci"]},
     )
-    assert response.status_code == 201
-    assert response.json["owner"] == "acme"
-    assert stored_items(app) == [("acme", "planted")]
+    document = problem(response, 422, "invalid_body")
+    refused = sorted(error["loc"][0] for error in document["errors"])
+    assert refused == ["created_by", "id", "owner"]
+    assert {error["type"] for error in document["errors"]} == {"extra_forbidden"}
+    assert stored_items(app) == []
+    created = app.test_client().post(
+        "/v1/items", json={"name": "mine"}, headers={API_KEY_HEADER: made["acme-ci"]}
+    )
+    assert created.json["owner"] == "acme"
+    assert stored_items(app) == [("acme", "mine")]
 
 
 def test_items_live_in_the_database_every_app_on_it_shares(make_app, key):
@@ -190,7 +200,7 @@ def test_broken_object_level_authorisation_another_owners_item_is_answered_as_mi
 
     assert client.get(f"/v1/items/{secret['id']}", headers=acme).status_code == 200
     assert others.status_code == missing.status_code == 404
-    assert others.json == {"error": "not_found", "message": others.json["message"]}
+    problem(others, 404, "not_found")
     assert others.get_data() == missing.get_data()
 
     def same_for_any_request(response):
@@ -210,8 +220,7 @@ def test_broken_object_level_authorisation_another_owners_item_is_answered_as_mi
 @pytest.mark.parametrize("item_id", ["0", "999999", str(2**63 - 1), str(2**63), "9" * 40])
 def test_no_such_item_is_404_whatever_the_id(client, key, item_id):
     response = client.get(f"/v1/items/{item_id}", headers={API_KEY_HEADER: key})
-    assert response.status_code == 404
-    assert response.json == {"error": "not_found", "message": "No such item."}
+    assert problem(response, 404, "not_found")["detail"] == "No such item."
 
 
 def test_listing_needs_items_read_and_reading_one_too(app, client, issue_key):
@@ -262,12 +271,11 @@ def test_the_page_size_defaults_to_50_and_goes_up_to_100(app, client, key):
 
 @pytest.mark.parametrize(
     "limit",
-    ["0", "101", "-1", "", " 5", "5 ", "1.5", "1e2", "0x10", "ten", "²", "٣", "9" * 40],
+    ["0", "101", "-1", "", "1.5", "1e2", "0x10", "ten", "²", "٣", "9" * 40],
 )
 def test_resource_exhaustion_a_page_size_outside_1_to_100_is_refused(client, key, limit):
     response = list_items(client, key, limit=limit)
-    assert response.status_code == 422
-    assert response.json == {"error": "invalid_parameter", "message": response.json["message"]}
+    problem(response, 422, "invalid_parameter")
     assert "limit" in response.json["message"]
 
 
@@ -296,8 +304,7 @@ def test_resource_exhaustion_a_page_size_outside_1_to_100_is_refused(client, key
 def test_a_forged_or_huge_cursor_is_refused_never_a_500(app, client, key, logs, cursor):
     add_items(app, "api-keys-1", 3)
     response = list_items(client, key, cursor=cursor)
-    assert response.status_code == 422
-    assert response.json == {"error": "invalid_parameter", "message": response.json["message"]}
+    problem(response, 422, "invalid_parameter")
     assert "cursor" in response.json["message"]
     assert "Traceback" not in logs.text
 

@@ -2,10 +2,10 @@
 
 import ipaddress
 from datetime import UTC, datetime, timedelta
-from unittest.mock import ANY
 
 import pytest
 from flask import Blueprint, g
+from problems import problem
 from sqlalchemy import func, select
 
 from {{ cookiecutter.package_name }} import keys
@@ -20,8 +20,8 @@ HEADER_ENVIRON = "HTTP_" + API_KEY_HEADER.upper().replace("-", "_")
 
 
 def refused(response, status, code):
-    """True when the response is exactly the JSON error ``code`` with ``status``."""
-    assert response.json == {"error": code, "message": ANY}
+    """True when the response is exactly the problem ``code`` with ``status``."""
+    problem(response, response.status_code, code)
     if status == 401:
         assert response.headers["WWW-Authenticate"].startswith("ApiKey ")
         assert API_KEY_HEADER in response.headers["WWW-Authenticate"]

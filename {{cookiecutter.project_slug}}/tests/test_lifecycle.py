@@ -4,9 +4,9 @@ client and an operator see them through the running app, with the registry in th
 
 import socket
 from datetime import UTC, datetime, timedelta
-from unittest.mock import ANY
 
 import pytest
+from problems import problem
 from sqlalchemy import update
 
 from {{ cookiecutter.package_name }} import ConfigError, create_app, keys
@@ -22,8 +22,7 @@ def now():
 
 
 def error_code(response):
-    assert response.json == {"error": ANY, "message": ANY}
-    return response.json["error"]
+    return problem(response, response.status_code, response.json["error"])["error"]
 
 
 def get(app, path, api_key, **kwargs):

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from flask import g
 from limits import RateLimitItemPerHour, RateLimitItemPerSecond
+from problems import problem
 
 from {{ cookiecutter.package_name }} import ConfigError, create_app, keys, registry
 from {{ cookiecutter.package_name }}.auth import require_api_key
@@ -44,7 +45,7 @@ def test_a_key_gets_its_limit_then_429_with_retry_after(make_app, key):
     answers = [whoami(client, key) for _ in range(4)]
     assert [response.status_code for response in answers] == [200, 200, 200, 429]
     limited = answers[-1]
-    assert limited.json == {"error": "rate_limited", "message": limited.json["message"]}
+    problem(limited, 429, "rate_limited")
     assert int(limited.headers["Retry-After"]) >= 1
     assert limited.headers["X-RateLimit-Remaining"] == "0"
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import click
 from flask import Flask
 
-from . import api, db, {% if cookiecutter.use_docs_page %}docs, {% endif %}errors, keystore, logs{% if cookiecutter.use_rate_limiting %}, ratelimit{% endif %}, security
+from . import api, cors, db, {% if cookiecutter.use_docs_page %}docs, {% endif %}errors, keystore, logs{% if cookiecutter.use_rate_limiting %}, ratelimit{% endif %}, security
 from .config import ConfigError, load_config
 
 __all__ = ["ConfigError", "create_app"]
@@ -22,7 +22,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     """Build the app from environment variables (or, in tests, from ``environ``).
 
     Reads top to bottom: settings, logging, the database and the keys, transport
-    security, error answers{% if cookiecutter.use_rate_limiting %}, rate limits{% endif %}, routes. Raises ConfigError, and so
+    security, error answers{% if cookiecutter.use_rate_limiting %}, rate limits{% endif %}, cross-origin rules, routes. Raises ConfigError, and so
     refuses to serve, when a setting is unsafe, the database is unreachable or
     behind its migrations, or no key is configured (fail closed).
     """
@@ -38,6 +38,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
 {%- if cookiecutter.use_rate_limiting %}
     ratelimit.init_app(app)
 {%- endif %}
+    cors.init_app(app)
     api.init_app(app)
 {%- if cookiecutter.use_docs_page %}
     docs.init_app(app)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, current_app, g, jsonify
+from pydantic import Field, StringConstraints, field_serializer
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from .auth import require_api_key
 from .db import db
-from .errors import InvalidBody, InvalidParameter, NotReady, ResourceNotFound
+from .errors import InvalidParameter, NotReady, ResourceNotFound, describe_problem
 from .models import ITEM_NAME_LENGTH, Item, RegistryVersion
 from .openapi import openapi_document
+from .schemas import Answer, Body, Query, Timestamp, body, query, response
 
 public = Blueprint("public", __name__)
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
@@ -23,6 +26,70 @@ PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
 # The largest id a database column holds (SQLite INTEGER, PostgreSQL bigint): a larger
 # one in a URL names no item, and must not reach the database as an overflow (a 500).
 MAX_ID = 2**63 - 1
+
+# Text a person typed: no control characters, which PostgreSQL refuses (NUL) and which
+# would forge lines in a log or a terminal (log injection).
+ItemName = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        min_length=1,
+        max_length=ITEM_NAME_LENGTH,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+    ),
+]
+
+
+class Health(Answer):
+    status: Literal["ok"]
+
+
+class Ready(Answer):
+    status: Literal["ready"]
+
+
+class ProblemType(Answer):
+    type: str
+    title: str
+    status: int
+
+
+class SecureData(Answer):
+    data: dict[str, Any]
+
+
+class WhoAmI(Answer):
+    name: str
+    owner: str
+    scopes: list[str]
+    expires: Timestamp | None
+    fingerprint: str = Field(pattern=r"^[0-9a-f]{12}$")
+
+    @field_serializer("scopes")
+    def _sorted(self, scopes: list[str]) -> list[str]:
+        return sorted(scopes)
+
+
+class NewItem(Body):
+    name: ItemName
+
+
+class ItemOut(Answer):
+    id: int
+    name: str
+    owner: str
+    created_by: str
+    created: Timestamp
+
+
+class ItemPage(Answer):
+    items: list[ItemOut]
+    next_cursor: str | None
+
+
+class PageQuery(Query):
+    limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: str | None = Field(None, max_length=100)
 
 
 def init_app(app: Flask) -> None:
@@ -33,15 +100,19 @@ def init_app(app: Flask) -> None:
 
 
 @public.get("/health")
+@response(Health)
 def health():
     """Liveness probe for load balancers: no key, no HTTPS rule, always 200."""
     return {"status": "ok"}
 
 
 @public.get("/ready")
+@response(Ready)
 def ready():
-    """Readiness probe: 200 when every service the API needs answers, else 503 naming
-    what is down (never an address or a password)."""
+    """Readiness probe: 200 when every service the API needs answers, else 503.
+
+    The answer names what is down, never an address or a password.
+    """
     down = [name for name, answers in current_app.extensions["readiness"].items() if not answers()]
     if down:
         raise NotReady(f"Not ready: {', '.join(down)} unavailable.")
@@ -50,59 +121,65 @@ def ready():
 
 @public.get("/openapi.json")
 def openapi():
-    """The OpenAPI 3.1 description of every route, for clients and docs tools."""
-    return jsonify(openapi_document())
+    """This document: the OpenAPI 3.1 description of every route, built from the code."""
+    return jsonify(openapi_document(current_app))
+
+
+@public.get("/problems/<code>")
+@response(ProblemType)
+def problem(code: str):
+    """What an error code means: where the ``type`` of an error answer points."""
+    described = describe_problem(code)
+    if described is None:
+        raise ResourceNotFound("No such problem type.")
+    return described
 
 
 @v1.get("/secure-data")
 @require_api_key
+@response(SecureData)
 def secure_data():
-    """Any valid key may read this."""
+    """Data that any valid key may read."""
     return {"data": {"message": "Hello from a protected route.", "key": g.api_key.name}}
 
 
 @v1.get("/whoami")
 @require_api_key
+@response(WhoAmI)
 def whoami():
-    """Tell the caller which key it used, with its owner, scopes and expiry (never the secret)."""
-    key = g.api_key
-    return {
-        "name": key.name,
-        "owner": key.owner,
-        "scopes": sorted(key.scopes),
-        "expires": key.expires.isoformat() if key.expires else None,
-        "fingerprint": key.fingerprint,
-    }
+    """The key used for this request: name, owner, scopes, expiry (never the secret)."""
+    return g.api_key
 
 
 @v1.get("/items")
 @require_api_key("items:read")
-def list_items():
-    """The caller's owner's items, newest first, a page at a time: needs ``items:read``.
+@query(PageQuery)
+@response(ItemPage)
+def list_items(query: PageQuery):
+    """The caller's owner's items, newest first, a page at a time.
 
     Keyset pagination: ``next_cursor`` names the last item of this page, so a page
     costs one index range scan however deep, and items added meanwhile are not
     repeated.
     """
-    limit = _page_size(request.args.get("limit"))
     # Object-level authorisation: only the caller's owner's items, whatever is asked.
-    query = select(Item).where(Item.owner == g.api_key.owner).order_by(Item.id.desc())
-    cursor = request.args.get("cursor")
-    if cursor is not None:
-        query = query.where(Item.id < _decode_cursor(cursor))
-    items = db.session.scalars(query.limit(limit + 1)).all()
-    page, more = items[:limit], len(items) > limit
-    return {
-        "items": [_item(item) for item in page],
-        "next_cursor": _encode_cursor(page[-1].id) if more else None,
-    }
+    select_items = select(Item).where(Item.owner == g.api_key.owner).order_by(Item.id.desc())
+    if query.cursor is not None:
+        select_items = select_items.where(Item.id < _decode_cursor(query.cursor))
+    items = db.session.scalars(select_items.limit(query.limit + 1)).all()
+    page, more = items[: query.limit], len(items) > query.limit
+    return {"items": page, "next_cursor": _encode_cursor(page[-1].id) if more else None}
 
 
 @v1.get("/items/<int:item_id>")
 @require_api_key("items:read")
+@response(ItemOut)
 def get_item(item_id: int):
-    """One of the caller's owner's items. Another owner's item is answered exactly as a
-    missing one, so ids reveal nothing (broken object-level authorisation)."""
+    """One of the caller's owner's items.
+
+    Another owner's item is answered exactly as a missing one, so ids reveal
+    nothing (broken object-level authorisation).
+    """
     item = None
     if item_id <= MAX_ID:
         item = db.session.scalars(
@@ -110,46 +187,24 @@ def get_item(item_id: int):
         ).first()
     if item is None:
         raise ResourceNotFound("No such item.")
-    return _item(item)
+    return item
 
 
 @v1.post("/items")
 @require_api_key("items:write")
-def create_item():
-    """Create an item from ``{"name": "..."}`` for the caller's owner: needs ``items:write``."""
-    body = request.get_json()  # 400 for malformed JSON, 415 for another content type
-    name = body.get("name") if isinstance(body, dict) else None
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidBody('Send a JSON object with a non-empty string "name".')
-    if len(name) > ITEM_NAME_LENGTH:
-        raise InvalidBody(f'"name" must be at most {ITEM_NAME_LENGTH} characters.')
+@body(NewItem)
+@response(ItemOut, 201)
+def create_item(body: NewItem):
+    """Create an item for the caller's owner."""
     item = Item(
         owner=g.api_key.owner,
-        name=name.strip(),
+        name=body.name,
         created_by=g.api_key.name,
         created=datetime.now(UTC),
     )
     db.session.add(item)
     db.session.commit()
-    return _item(item), 201
-
-
-def _item(item: Item) -> dict[str, object]:
-    return {
-        "id": item.id,
-        "name": item.name,
-        "owner": item.owner,
-        "created_by": item.created_by,
-        "created": item.created.isoformat(),
-    }
-
-
-def _page_size(raw: str | None) -> int:
-    if raw is None:
-        return PAGE_SIZE
-    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE_SIZE):
-        raise InvalidParameter(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}.")
-    return int(raw)
+    return item
 
 
 def _encode_cursor(item_id: int) -> str:

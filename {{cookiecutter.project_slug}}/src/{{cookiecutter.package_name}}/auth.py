@@ -100,7 +100,10 @@ def authenticate(required: frozenset[str]) -> KeyRecord:
     # Least privilege: a key does only what its scopes say (privilege escalation).
     missing = sorted(scope for scope in required if not record.has_scope(scope))
     if missing:
-        _refuse(InsufficientScope(f"The API key lacks the scope {', '.join(missing)}."), presented)
+        refusal = InsufficientScope(
+            f"The API key lacks the scope {', '.join(missing)}.", required_scopes=sorted(required)
+        )
+        _refuse(refusal, presented)
     current_app.extensions["api_keys"].record_use(record)  # its last use and request count
     return record
 

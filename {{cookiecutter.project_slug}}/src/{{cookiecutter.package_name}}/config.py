@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,6 +25,8 @@ ENVIRONMENTS = ("production", "development", "testing")
 LOG_FORMATS = ("json", "text")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+# An origin as a browser sends it: scheme, host, optional port; no path, no wildcard.
+ORIGIN = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
 
 
 class ConfigError(RuntimeError):
@@ -48,6 +51,7 @@ def load_config(environ: Mapping[str, str]) -> dict[str, object]:
         "REQUIRE_HTTPS": _boolean(environ, "REQUIRE_HTTPS", default=production),
         "TRUSTED_PROXIES": _integer(environ, "TRUSTED_PROXIES", default=0, minimum=0),
         "API_ALLOWED_IPS": _networks(environ, "API_ALLOWED_IPS"),
+        "CORS_ORIGINS": _origins(environ, "CORS_ORIGINS"),
         "API_KEYS": _api_keys(environ),
         "DATABASE_URL": database_url(environ),
         "MAX_CONTENT_LENGTH": _integer(environ, "MAX_CONTENT_LENGTH", default=1_048_576, minimum=1),
@@ -121,6 +125,21 @@ def _networks(
         except ValueError as error:
             raise ConfigError(f"{name}: {error}") from None
     return tuple(networks)
+
+
+def _origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Exact origins only: a wildcard or a pattern would let any site's scripts call
+    the API with a key they find in a user's browser (cross-origin abuse)."""
+    origins = []
+    for item in filter(None, (part.strip() for part in environ.get(name, "").split(","))):
+        origin = item.lower()
+        if not ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"{name}: {item!r} is not an origin such as https://app.example.com "
+                "(scheme and host, no path, no wildcard)"
+            )
+        origins.append(origin)
+    return tuple(origins)
 {%- if cookiecutter.use_rate_limiting %}
 
 

@@ -60,7 +60,7 @@ def _database_unavailable(error: OperationalError):
     """A request that needs the database while it is down: 503, which a client may retry,
     and one line in the log, not a traceback per request for as long as the outage lasts."""
     log.warning("database unavailable: %s", type(error.orig or error).__name__)
-    return error_response(NotReady.status, NotReady.code, "Not ready: database unavailable.")
+    return error_response(NotReady("Not ready: database unavailable."))
 
 
 def check_schema(app: Flask) -> None:

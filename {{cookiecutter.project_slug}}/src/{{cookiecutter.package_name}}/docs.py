@@ -15,7 +15,7 @@ from pathlib import Path
 import flask_swagger_ui
 from flask import Blueprint, Flask, abort, render_template, send_from_directory
 
-from .openapi import TITLE
+from .openapi import TITLE, undocumented
 
 SWAGGER_UI_DIR = Path(flask_swagger_ui.__file__).parent / "dist"
 # Only what the page loads; the package's other files (an OAuth2 redirect page,
@@ -39,6 +39,7 @@ def page():
 
 
 @docs.get("/swagger-ui/<name>")
+@undocumented
 def swagger_ui(name: str):
     """One of Swagger UI's files, from the installed package."""
     if name not in SWAGGER_UI_FILES:

@@ -1,293 +1,241 @@
-"""The OpenAPI 3.1 document served at /openapi.json, written by hand next to the routes.
+"""The OpenAPI 3.1 document served at /openapi.json, built from the app itself.
 
-Keep it in step with api.py when you add a route: the tests check that every
-route is described and that each answer matches its schema.
+Nothing here names a route. The document walks ``app.url_map`` and reads what
+the decorators left on each view: the scopes of ``require_api_key``, the models
+of ``@body``, ``@query`` and ``@response`` (schemas.py), the first line of the
+docstring. A route you add with those decorators is described, scopes and all,
+without touching this file.
 """
 
 from __future__ import annotations
 
-from functools import cache
+import inspect
+import re
+from collections.abc import Callable
 from typing import Any
 
+from flask import Flask
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from werkzeug.routing import Rule
+
 from .config import API_KEY_HEADER
-from .errors import (
-    APIError,
-    ExpiredAPIKey,
-    HTTPSRequired,
-    InsufficientScope,
-    InvalidAPIKey,
-    InvalidBody,
-    InvalidParameter,
-    IPNotAllowed,
-    MissingAPIKey,
-    NotReady,
-    http_error_code,
-)
-from .models import ITEM_NAME_LENGTH
-{%- if cookiecutter.use_rate_limiting %}
-from .ratelimit import RateLimited, RateLimitUnavailable
-{%- endif %}
+from .errors import PROBLEM_JSON, error_classes, http_error_code, problem_type
+from .security import PROBES
 
 # Written as JSON strings (valid Python), so quotes and backslashes in a name stay data.
 TITLE = {{ cookiecutter.project_name | tojson }}  # fmt: skip
 VERSION = "{{ cookiecutter.version }}"
 DESCRIPTION = {{ cookiecutter.description | tojson }}  # fmt: skip
 
-
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"application/json": {"schema": schema}}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _error(description: str, *codes: str) -> dict[str, Any]:
-    schema = {"allOf": [_ref("Error"), {"properties": {"error": {"enum": list(codes)}}}]}
-    return {"description": description, "content": _json(schema)}
-
-
-def _errors(*statuses: int) -> dict[str, Any]:
-    return {
-        str(status): {"$ref": f"#/components/responses/{ERROR_RESPONSES[status][0]}"}
-        for status in statuses
-    }
-
-
-# status -> (component name, description, error codes)
-ERROR_RESPONSES: dict[int, tuple[str, str, tuple[str, ...]]] = {
-    400: (
-        "BadRequest",
-        "The request could not be read (for example malformed JSON).",
-        (http_error_code(400),),
-    ),
-    401: (
-        "Unauthorized",
-        "No key, or a key that is unknown, revoked, malformed or expired.",
-        (MissingAPIKey.code, InvalidAPIKey.code, ExpiredAPIKey.code),
-    ),
-    403: (
-        "Forbidden",
-        "Plain HTTP where HTTPS is required, an IP outside the allowlist, or a missing scope.",
-        (HTTPSRequired.code, IPNotAllowed.code, InsufficientScope.code),
-    ),
-    404: ("NotFound", "No such resource.", (http_error_code(404),)),
-    413: (
-        "PayloadTooLarge",
-        "The body is larger than MAX_CONTENT_LENGTH.",
-        (http_error_code(413),),
-    ),
-    415: (
-        "UnsupportedMediaType",
-        "The body is not JSON.",
-        (http_error_code(415),),
-    ),
-    422: (
-        "UnprocessableContent",
-        "The JSON body does not have the expected fields, or a query parameter is invalid.",
-        (InvalidBody.code, InvalidParameter.code),
-    ),
-{%- if cookiecutter.use_rate_limiting %}
-    429: (
-        "TooManyRequests",
-        "The key's rate limit, or this client's failed-authentication limit, is spent; "
-        "see Retry-After.",
-        (RateLimited.code,),
-    ),
-{%- endif %}
-    500: ("InternalError", "The server failed; details are in its log.", (APIError.code,)),
-    503: (
-        "ServiceUnavailable",
-{%- if cookiecutter.use_rate_limiting %}
-        "A service the API needs cannot be reached; see Retry-After where given.",
-        (NotReady.code, RateLimitUnavailable.code),
-{%- else %}
-        "A service the API needs cannot be reached.",
-        (NotReady.code,),
-{%- endif %}
-    ),
+SECURITY_SCHEME = "ApiKey"
+# The errors each kind of route can answer, beyond those any route can.
+KEYED = (401, 403{% if cookiecutter.use_rate_limiting %}, 429{% endif %})
+WITH_BODY = (400, 413, 415, 422)
+WITH_QUERY = (422,)
+WITH_PATH = (404,)
+# Werkzeug's errors, raised for any route of the kind above: named by their status.
+WERKZEUG_ERRORS = (400, 404, 413, 415)
+# What a path variable's converter accepts; any other converter takes a string.
+CONVERTER_SCHEMAS = {
+    "int": {"type": "integer", "minimum": 0},
+    "float": {"type": "number", "minimum": 0},
+    "uuid": {"type": "string", "format": "uuid"},
 }
-
-{% if cookiecutter.use_rate_limiting -%}
-PROTECTED = (401, 403, 429, 500, 503)
-{%- else -%}
-PROTECTED = (401, 403, 500)
-{%- endif %}
-SECURED = [{"ApiKey": []}]
+# <name>, <int:name>, <int(signed=True):name>
+PATH_VARIABLE = re.compile(r"<(?:(?P<converter>[^<>:(]+)(?:\([^<>]*\))?:)?(?P<name>[^<>:]+)>")
 
 
-@cache
-def openapi_document() -> dict[str, Any]:
-    """Build the document once per process."""
-    item = _ref("Item")
+def undocumented(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Leave a view out of the document: a file for people, not an API operation."""
+    view.undocumented = True  # type: ignore[attr-defined]
+    return view
+
+
+def openapi_document(app: Flask) -> dict[str, Any]:
+    """The document for ``app``, built once and kept."""
+    if "openapi" not in app.extensions:
+        app.extensions["openapi"] = _build(app)
+    return app.extensions["openapi"]
+
+
+def _build(app: Flask) -> dict[str, Any]:
+    rules = [
+        rule
+        for rule in app.url_map.iter_rules()
+        # Flask's static files are not API operations either.
+        if rule.endpoint != "static"
+        and not hasattr(app.view_functions[rule.endpoint], "undocumented")
+    ]
+    views = {rule.endpoint: app.view_functions[rule.endpoint] for rule in rules}
+    refs, schemas = _model_schemas(views.values())
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(rules, key=lambda rule: rule.rule):
+        methods = sorted(rule.methods - {"HEAD", "OPTIONS"})  # type: ignore[operator]
+        for method in methods:
+            operation = _operation(rule, views[rule.endpoint], refs, len(methods) > 1, method)
+            paths.setdefault(_path(rule), {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": TITLE, "version": VERSION, "description": DESCRIPTION},
-        "paths": {
-            "/health": {
-                "get": {
-                    "summary": "Liveness probe",
-                    "operationId": "health",
-                    "responses": {"200": {"description": "Up", "content": _json(_ref("Health"))}},
-                }
-            },
-            "/ready": {
-                "get": {
-                    "summary": "Readiness probe: the services the API needs answer",
-                    "operationId": "ready",
-                    "responses": {
-                        "200": {"description": "Ready", "content": _json(_ref("Ready"))},
-                        **_errors(503),
-                    },
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "operationId": "openapi",
-                    "responses": {"200": {"description": "OpenAPI 3.1 document"}, **_errors(403)},
-                }
-            },
-            "/v1/secure-data": {
-                "get": {
-                    "summary": "Data for any valid key",
-                    "operationId": "secureData",
-                    "security": SECURED,
-                    "responses": {
-                        "200": {"description": "The data", "content": _json(_ref("SecureData"))},
-                        **_errors(*PROTECTED),
-                    },
-                }
-            },
-            "/v1/whoami": {
-                "get": {
-                    "summary": "The key used for this request",
-                    "operationId": "whoami",
-                    "security": SECURED,
-                    "responses": {
-                        "200": {
-                            "description": "The key's public record",
-                            "content": _json(_ref("WhoAmI")),
-                        },
-                        **_errors(*PROTECTED),
-                    },
-                }
-            },
-            "/v1/items": {
-                "get": {
-                    "summary": "List the caller's owner's items, newest first (scope items:read)",
-                    "operationId": "listItems",
-                    "security": SECURED,
-                    "parameters": [
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
-                        },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    ],
-                    "responses": {
-                        "200": {"description": "A page of items", "content": _json(_ref("Page"))},
-                        **_errors(*PROTECTED, 422),
-                    },
-                },
-                "post": {
-                    "summary": "Create an item (scope items:write)",
-                    "operationId": "createItem",
-                    "security": SECURED,
-                    "requestBody": {"required": True, "content": _json(_ref("NewItem"))},
-                    "responses": {
-                        "201": {"description": "Created", "content": _json(item)},
-                        **_errors(400, *PROTECTED, 413, 415, 422),
-                    },
-                },
-            },
-            "/v1/items/{item_id}": {
-                "get": {
-                    "summary": "One of the caller's owner's items (scope items:read)",
-                    "operationId": "getItem",
-                    "security": SECURED,
-                    "parameters": [
-                        {
-                            "name": "item_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "integer", "minimum": 0},
-                        }
-                    ],
-                    "responses": {
-                        "200": {"description": "The item", "content": _json(item)},
-                        **_errors(*PROTECTED, 404),
-                    },
-                }
-            },
-        },
+        "paths": paths,
         "components": {
             "securitySchemes": {
-                "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}
+                SECURITY_SCHEME: {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}
             },
             "responses": {
-                name: _error(description, *codes)
-                for name, description, codes in ERROR_RESPONSES.values()
+                _response_name(status): _error_response(status) for status in _statuses()
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error", "message"],
-                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-                },
-                "Ready": {
-                    "type": "object",
-                    "required": ["status"],
-                    "properties": {"status": {"const": "ready"}},
-                },
-                "Page": {
-                    "type": "object",
-                    "required": ["items", "next_cursor"],
-                    "properties": {
-                        "items": {"type": "array", "items": item},
-                        "next_cursor": {"type": ["string", "null"]},
-                    },
-                },
-                "Health": {
-                    "type": "object",
-                    "required": ["status"],
-                    "properties": {"status": {"const": "ok"}},
-                },
-                "SecureData": {
-                    "type": "object",
-                    "required": ["data"],
-                    "properties": {"data": {"type": "object"}},
-                },
-                "WhoAmI": {
-                    "type": "object",
-                    "required": ["name", "owner", "scopes", "expires", "fingerprint"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "owner": {"type": "string"},
-                        "scopes": {"type": "array", "items": {"type": "string"}},
-                        "expires": {"type": ["string", "null"], "format": "date-time"},
-                        "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
-                    },
-                },
-                "NewItem": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {
-                        "name": {"type": "string", "minLength": 1, "maxLength": ITEM_NAME_LENGTH}
-                    },
-                },
-                "Item": {
-                    "type": "object",
-                    "required": ["id", "name", "owner", "created_by", "created"],
-                    "properties": {
-                        "id": {"type": "integer"},
-                        "name": {"type": "string"},
-                        "owner": {"type": "string"},
-                        "created_by": {"type": "string"},
-                        "created": {"type": "string", "format": "date-time"},
-                    },
+            "schemas": {**schemas, "Problem": PROBLEM_SCHEMA},
+        },
+    }
+
+
+def _operation(rule: Rule, view, refs, several: bool, method: str) -> dict[str, Any]:
+    summary, _, description = (inspect.getdoc(view) or rule.endpoint).partition("\n")
+    operation: dict[str, Any] = {
+        "operationId": rule.endpoint.replace(".", "_") + (f"_{method.lower()}" if several else ""),
+        "summary": summary.strip(),
+        "tags": [rule.endpoint.partition(".")[0]],
+    }
+    if description.strip():
+        operation["description"] = description.strip()
+    # Any route may fail (500) or find the database down (503); all but the probes
+    # refuse plain HTTP (403).
+    errors = [500, 503] if rule.rule in PROBES else [403, 500, 503]
+    parameters = [
+        {
+            "name": variable["name"],
+            "in": "path",
+            "required": True,
+            "schema": CONVERTER_SCHEMAS.get(variable["converter"], {"type": "string"}),
+        }
+        for variable in PATH_VARIABLE.finditer(rule.rule)
+    ]
+    if parameters:
+        errors += WITH_PATH
+    if hasattr(view, "query_model"):
+        parameters += _query_parameters(view.query_model)
+        errors += WITH_QUERY
+    if parameters:
+        operation["parameters"] = parameters
+    if hasattr(view, "required_scopes"):
+        # OpenAPI 3.1 lets an apiKey requirement list scopes: those require_api_key checks.
+        operation["security"] = [{SECURITY_SCHEME: sorted(view.required_scopes)}]
+        errors += KEYED
+    if hasattr(view, "body_model"):
+        content = {"application/json": {"schema": refs[view.body_model, "validation"]}}
+        operation["requestBody"] = {"required": True, "content": content}
+        errors += WITH_BODY
+    status = getattr(view, "response_status", 200)
+    answer: dict[str, Any] = {"description": summary.strip()}
+    if hasattr(view, "response_model"):
+        answer["content"] = {
+            "application/json": {"schema": refs[view.response_model, "serialization"]}
+        }
+    operation["responses"] = {
+        str(status): answer,
+        **{
+            str(error): {"$ref": f"#/components/responses/{_response_name(error)}"}
+            for error in sorted(set(errors))
+        },
+    }
+    return operation
+
+
+def _path(rule: Rule) -> str:
+    """Flask's ``/items/<int:item_id>`` written the OpenAPI way, ``/items/{item_id}``."""
+    return PATH_VARIABLE.sub(r"{\g<name>}", rule.rule)
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in schema.get("required", ()),
+            "schema": {k: v for k, v in field.items() if k != "title"},
+        }
+        for name, field in schema["properties"].items()
+    ]
+
+
+def _model_schemas(views) -> tuple[dict[Any, dict[str, str]], dict[str, Any]]:
+    """JSON Schemas of every model the views use, as components, and a $ref to each."""
+    models = set()
+    for view in views:
+        if hasattr(view, "body_model"):
+            models.add((view.body_model, "validation"))
+        if hasattr(view, "response_model"):
+            models.add((view.response_model, "serialization"))
+    refs, definitions = models_json_schema(
+        sorted(models, key=lambda pair: (pair[0].__name__, pair[1])),
+        ref_template="#/components/schemas/{model}",
+    )
+    return refs, definitions.get("$defs", {})
+
+
+def _statuses() -> list[int]:
+    return sorted({*KEYED, *WITH_BODY, *WITH_QUERY, *WITH_PATH, 403, 500, 503})
+
+
+def _response_name(status: int) -> str:
+    return f"Problem{status}"
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    """Every error this API can answer with ``status``: its codes and their types."""
+    ours = [error for error in error_classes() if error.status == status]
+    codes = {error.code for error in ours}
+    if status in WERKZEUG_ERRORS:
+        codes.add(http_error_code(status))
+    codes = sorted(codes)
+    types = {error.type or problem_type(error.code) for error in ours}
+    if status in WERKZEUG_ERRORS:
+        types.add(problem_type(http_error_code(status)))
+    schema = {
+        "allOf": [
+            {"$ref": "#/components/schemas/Problem"},
+            {
+                "properties": {
+                    "status": {"const": status},
+                    "error": {"enum": codes},
+                    "type": {"enum": sorted(types)},
+                }
+            },
+        ]
+    }
+    return {
+        "description": ", ".join(codes),
+        "content": {PROBLEM_JSON: {"schema": schema}},
+    }
+
+
+# RFC 9457 problem details, with the members clients of earlier versions read.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "error", "message"],
+    "properties": {
+        "type": {"type": "string", "description": "The problem type: see /problems/{code}"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "error": {"type": "string", "description": "A short snake_case code"},
+        "message": {"type": "string", "description": "The same text as detail"},
+        "required_scopes": {"type": "array", "items": {"type": "string"}},
+        "errors": {
+            "type": "array",
+            "description": "Each field that did not fit, and why",
+            "items": {
+                "type": "object",
+                "required": ["loc", "msg", "type"],
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                    "msg": {"type": "string"},
+                    "type": {"type": "string"},
                 },
             },
         },
-    }
+    },
+}

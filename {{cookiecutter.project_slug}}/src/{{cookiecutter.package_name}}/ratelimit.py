@@ -30,6 +30,8 @@ from .keys import KeyRecord
 
 log = logging.getLogger(__name__)
 
+# The headers that tell a client where it stands (cors.py lets browser scripts read them).
+CLIENT_HEADERS = ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 # A Redis that does not answer must not hold requests for long.
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 # How long a client is told to wait while the storage is unreachable.
