@@ -4,6 +4,8 @@
     python benchmarks/run.py --quick          # about a minute: proves the harness, rough figures
     python benchmarks/run.py --template DIR   # bake from another checkout of the template
     python benchmarks/run.py --keys N         # the large registry's size (100,000; quick 5,000)
+    python benchmarks/run.py --before REF --after REF [--only-refs]
+                                              # the project at two template commits, side by side
 
 Every ratio is taken side by side in one run (variants interleaved in rounds, in a
 new random order each round); absolute figures move from run to run. See README.md.
@@ -29,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 import large_registry
+import refs
 import servers
 from bakes import Project, bake, create_key, flask, install, new_key, upgrade
 from servers import Run, clean_env
@@ -53,7 +56,7 @@ class Goal:
     ``measure``: ``rps`` compares requests per second (higher is better), ``time`` the
     time per request and ``p99`` the 99th percentile latency (lower is better).
     ``needs``: what the row cannot run without (``e2e``: wrk and redis-server; ``pg``:
-    those and PostgreSQL).
+    those and PostgreSQL; ``refs``: wrk and redis-server, and ``--before``).
     """
 
     label: str
@@ -116,6 +119,25 @@ ROWS = [
 ]
 
 
+# Only with --before REF --after REF: the generated project at two commits of the template.
+REF_ROWS = [
+    Goal(f"e2e {{before}}, {{refs}}: POST {refs.ITEMS}", "refs post before", needs="refs"),
+    Goal(
+        f"e2e {{after}} vs {{before}}: POST {refs.ITEMS}",
+        "refs post after",
+        "refs post before",
+        needs="refs",
+    ),
+    Goal(f"e2e {{before}}, {{refs}}: GET {refs.ITEMS}", "refs get before", needs="refs"),
+    Goal(
+        f"e2e {{after}} vs {{before}}: GET {refs.ITEMS}",
+        "refs get after",
+        "refs get before",
+        needs="refs",
+    ),
+]
+
+
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--template", type=Path, default=HERE.parent, help="template directory")
@@ -127,6 +149,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keys", type=int, help=f"large registry (default {LARGE:,}, quick 5,000)")
     parser.add_argument("--starts", type=int, help="start-ups timed (default 3, quick 1)")
     parser.add_argument("--revokes", type=int, help="revokes followed (default 5, quick 1)")
+    parser.add_argument("--before", help="also serve the project of this template commit ...")
+    parser.add_argument("--after", help="... beside this one's (default HEAD), on /v1/items")
+    parser.add_argument("--only-refs", action="store_true", help="only --before vs --after")
     arguments = parser.parse_args(argv)
     defaults = {"rounds": 20, "seconds": 2, "batch": 1000, "keys": LARGE, "starts": 3}
     defaults["revokes"] = 5
@@ -136,6 +161,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(arguments, name) is None:
             setattr(arguments, name, value)
+    if (arguments.after or arguments.only_refs) and not arguments.before:
+        parser.error("--after and --only-refs need --before")
+    if arguments.before and not arguments.after:
+        arguments.after = "HEAD"
     if arguments.keys < arguments.revokes + 1:
         parser.error("--keys must leave room for the keys it revokes and the one it loads with")
     return arguments
@@ -335,9 +364,9 @@ def rounds_of(variants: dict, arguments, what: str, wrap=None) -> dict[str, list
     wrk_path = shutil.which("wrk")
 
     def one(name: str, seconds: float) -> Run:
-        url, headers = variants[name]
+        url, headers, *script = variants[name]  # a wrk script for another method and a body
         with wrap(name) if wrap else contextlib.nullcontext():
-            return servers.wrk(wrk_path, url, headers, seconds, arguments.connections)
+            return servers.wrk(wrk_path, url, headers, seconds, arguments.connections, *script)
 
     for name in variants:  # warm-up, as the runs go: first requests fill caches
         one(name, 1)
@@ -571,6 +600,29 @@ def notes(facts: dict, trips: dict, results: dict[str, list[Run]], arguments) ->
     return lines
 
 
+def compare_refs(pg, work: Path, arguments) -> tuple[dict[str, list[Run]], dict[str, str]]:
+    """The project at ``--before`` and at ``--after``, both served, wrk on /v1/items of
+    both in the same rounds (refs.py); each on a PostgreSQL database of its own when the
+    run has a server, else on its default SQLite file."""
+    progress(f"refs: {arguments.before} and {arguments.after}, baked, installed, served")
+    envs = {}
+    for label in ("before", "after"):
+        envs[label] = production(TRUSTED_PROXIES="1", REQUIRE_HTTPS="true")
+        if pg is not None:
+            envs[label]["DATABASE_URL"] = pg.database(f"refs_{label}")
+    runs, sides = refs.compare(
+        arguments.template.resolve(),
+        arguments.before,
+        arguments.after,
+        work,
+        envs,
+        lambda variants: rounds_of(variants, arguments, "refs"),
+    )
+    settings = sorted({settings for _, settings in sides.values()})
+    labels = {label: f"{label} ({commit})" for label, (commit, _) in sides.items()}
+    return runs, {**labels, "refs": " / ".join(settings)}
+
+
 def written_outside(places: list[Path]) -> list[Path]:
     """The default database's ``instance/`` directories in ``places`` (a run must make none)."""
     return [place / "instance" for place in places if (place / "instance").exists()]
@@ -582,22 +634,24 @@ def main(argv: list[str] | None = None) -> int:
     header = machine()  # before the run: the load average says how busy the machine was
     checkouts = [Path.cwd(), arguments.template.resolve()]
     before = written_outside(checkouts)
-    labels = {name: "not run" for name in ("memory", "redis", "peer", "pg")}
+    labels = {name: "not run" for name in ("memory", "redis", "peer", "pg", "refs")}
+    labels |= {"before": f"before ({arguments.before})", "after": f"after ({arguments.after})"}
     labels["keys"] = f"{arguments.keys:,}"
-    why = {"": "not measured", "e2e": "not measured", "pg": "not measured"}
-    trips, facts = {}, {}
+    why = dict.fromkeys(("", "e2e", "pg", "refs"), "not measured")
+    trips, facts, results = {}, {}, {}
+    rounds = 4 * arguments.rounds
     with tempfile.TemporaryDirectory(prefix="apikey-bench-") as directory:
         work = Path(directory)
-        progress(f"baking the default project from {arguments.template}")
-        project = bake(arguments.template.resolve(), work)
-        project = install(project, work)
-        key, entry = new_key(project)
-        env = production(API_KEYS=entry)
-        progress("flask db upgrade: the default database, SQLite under the project's instance/")
-        upgrade(project, env)
-        rounds = 4 * arguments.rounds
-        progress(f"in process: {rounds} rounds x {arguments.batch} requests per route")
-        results = in_process(project, key, env, work, rounds, arguments.batch)
+        if not arguments.only_refs:
+            progress(f"baking the default project from {arguments.template}")
+            project = bake(arguments.template.resolve(), work)
+            project = install(project, work)
+            key, entry = new_key(project)
+            env = production(API_KEYS=entry)
+            progress("flask db upgrade: the default database, SQLite under the project's instance/")
+            upgrade(project, env)
+            progress(f"in process: {rounds} rounds x {arguments.batch} requests per route")
+            results = in_process(project, key, env, work, rounds, arguments.batch)
         with contextlib.ExitStack() as stack:
             try:
                 check_tools()
@@ -606,32 +660,44 @@ def main(argv: list[str] | None = None) -> int:
                 except LookupError as error:
                     pg, why["pg"] = None, str(error)
                     progress(f"PostgreSQL rows SKIPPED: {why['pg']}")
-                progress("end to end: starting redis-server, PostgreSQL's database and gunicorn")
-                runs, setup, trips, facts["memory small"] = end_to_end(
-                    project, key, env, pg, work, arguments
-                )
-                results |= runs
-                labels |= setup.settings
-                if pg is not None:
-                    runs, more = large(project, setup, pg, work, arguments)
+                if not arguments.only_refs:
+                    progress(
+                        "end to end: starting redis-server, PostgreSQL's database and gunicorn"
+                    )
+                    runs, setup, trips, facts["memory small"] = end_to_end(
+                        project, key, env, pg, work, arguments
+                    )
                     results |= runs
-                    facts |= more
+                    labels |= setup.settings
+                    if pg is not None:
+                        runs, more = large(project, setup, pg, work, arguments)
+                        results |= runs
+                        facts |= more
+                if arguments.before:
+                    runs, sides = compare_refs(pg, work, arguments)
+                    results |= runs
+                    labels |= sides
             except LookupError as error:
-                why["e2e"] = why["pg"] = str(error)
+                why["e2e"] = why["pg"] = why["refs"] = str(error)
                 progress(f"end to end SKIPPED: {why['e2e']}")
     strays = sorted(set(written_outside(checkouts)) - set(before))
     if strays:
         raise RuntimeError(f"the run wrote outside its directory: {', '.join(map(str, strays))}")
-    rows = [row(goal, results, facts, labels, why[goal.needs]) for goal in ROWS]
+    goals = ([] if arguments.only_refs else ROWS) + (REF_ROWS if arguments.before else [])
+    rows = [row(goal, results, facts, labels, why[goal.needs]) for goal in goals]
     print("# Benchmarks of the default generated project\n")
     print(f"Machine: {header}.")
-    print(
+    settings = (
         f"Settings as in README.md; wrk: 1 thread, {arguments.connections} connections, "
-        f"{arguments.seconds} s per run, {arguments.rounds} round(s); in process: {rounds} "
-        f"rounds x {arguments.batch} requests per route; {HIREDIS} for the hiredis row; "
-        f"large registry: {arguments.keys:,} keys, {arguments.starts} start-up(s), "
-        f"{arguments.revokes} revoke(s) followed.\n"
+        f"{arguments.seconds} s per run, {arguments.rounds} round(s)"
     )
+    if not arguments.only_refs:
+        settings += (
+            f"; in process: {rounds} rounds x {arguments.batch} requests per route; {HIREDIS} "
+            f"for the hiredis row; large registry: {arguments.keys:,} keys, "
+            f"{arguments.starts} start-up(s), {arguments.revokes} revoke(s) followed"
+        )
+    print(settings + ".\n")
     print(table(rows))
     for line in notes(facts, trips, results, arguments):
         print(f"\n{line}")

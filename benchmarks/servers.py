@@ -228,9 +228,17 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def wrk(
-    executable: str, url: str, headers: dict[str, str], seconds: float, connections: int
+    executable: str,
+    url: str,
+    headers: dict[str, str],
+    seconds: float,
+    connections: int,
+    script: Path | None = None,
 ) -> Run:
+    """One wrk run; ``script``: a Lua script of wrk's (another method, a body)."""
     command = [executable, "--latency", "-t", "1", "-c", str(connections), "-d", f"{seconds}s"]
+    if script is not None:
+        command += ["--script", str(script)]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     result = subprocess.run(  # noqa: S603 - fixed arguments, loopback URL

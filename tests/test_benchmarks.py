@@ -97,3 +97,32 @@ def test_quick_run_prints_every_row_with_its_figures():
         assert "Memory per worker after its runs" in result.stdout, output(result)
     if skipped:
         pytest.skip("; ".join(sorted(skipped)) + ": those rows were checked as skipped")
+
+
+def test_refs_rows_serve_two_commits_side_by_side():
+    """`--before REF --after REF --only-refs`: the project of each commit is baked from git,
+    served and loaded on POST and GET /v1/items; every request succeeds, and only those
+    rows are printed."""
+    commit = run(["git", "rev-parse", "--short", "HEAD"], cwd=TEMPLATE_DIR).stdout.strip()
+    assert commit, "the template is not a git checkout"
+    command = [sys.executable, "benchmarks/run.py", "--quick", "--before", "HEAD", "--only-refs"]
+    result = run(command, cwd=TEMPLATE_DIR, timeout=600)
+    assert result.returncode == 0, output(result)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    labels = [cells[0] for cells in rows]
+    assert len(rows) == 4, output(result)
+    assert labels[0].startswith(f"e2e before ({commit}), ") and labels[0].endswith("POST /v1/items")
+    assert labels[1] == f"e2e after ({commit}) vs before ({commit}): POST /v1/items", labels
+    assert labels[3] == f"e2e after ({commit}) vs before ({commit}): GET /v1/items", labels
+    if not shutil.which("wrk") or not shutil.which("redis-server"):
+        assert not in_ci(), output(result)
+        assert all(cells[3] == "skipped" for cells in rows), output(result)
+        pytest.skip("wrk or redis-server not installed: the rows were checked as skipped")
+    for label, goal, measured, verdict, rps, p50, p99, errors in rows:
+        assert figure(rps) and figure(p99, " ms") >= figure(p50, " ms"), label
+        assert errors == "0", f"{label}: {errors} requests refused or failed\n{output(result)}"
+        if goal == "baseline":
+            assert (measured, verdict) == ("-", "info"), label
+        else:
+            assert figure(measured, "x") and verdict == "info", label
