@@ -363,6 +363,39 @@ def test_a_key_revoked_on_one_host_is_refused_by_both_within_2_seconds(cluster, 
     assert {entry["status"] for entry in listed(b)["revoked-soon"]} == {"revoked"}
 
 
+def test_keys_over_http_a_key_made_through_a_works_on_b_within_2_seconds(cluster, traffic):
+    """POST /v1/keys on host A with a keys:admin key: the key works on every worker of B
+    within 2 s; rotated and revoked through B, A follows. No answer or log holds a key
+    but the one 201 that issued it."""
+    a, b = cluster.hosts
+    admin = a.keys("create", "provisioner", "--scope", "keys:admin")
+    follow([a, b], "/v1/keys/provisioner", admin, lambda answer: answer.status == 200, "admin")
+    marks = [len(host.server.output()) for host in cluster.hosts]
+
+    created = a.post("/v1/keys", admin, {"name": "http-made", "owner": "acme-http"})
+    assert created.status == 201, created.text
+    key = created.json()["key"]
+    follow([b, a], "/v1/whoami", key, as_key("http-made", "acme-http"), "create over HTTP")
+
+    rotated = b.post("/v1/keys/http-made/rotate", admin, {"grace": "0"})
+    assert rotated.status == 201, rotated.text
+    new = rotated.json()["key"]
+    follow([a, b], "/v1/whoami", new, as_key("http-made", "acme-http"), "rotate over HTTP")
+    follow([a, b], "/v1/whoami", key, refused, "old key after rotate --grace 0 over HTTP")
+
+    revoked = requests.delete(f"{b.base}/v1/keys/http-made", headers=b.headers(admin), timeout=10)
+    assert revoked.status_code == 204, revoked.text
+    follow([a, b], "/v1/whoami", new, refused, "revoke over HTTP")
+
+    taken = a.post("/v1/keys", admin, {"name": "provisioner"})
+    assert (taken.status, taken.json()["error"]) == (409, "conflict"), taken.text
+    listing = b.get("/v1/keys?limit=100", admin)
+    logs = "".join(host.log_since(mark) for host, mark in zip(cluster.hosts, marks, strict=True))
+    for secret in (key, new, admin):
+        assert secret not in listing.text and secret not in logs
+    assert "by=key:provisioner" in logs
+
+
 def test_broken_object_level_authorisation_items_follow_their_owner_across_hosts(cluster):
     """An item created through A is listed through B with another key of the same owner,
     and is invisible to another owner's key: absent from its list, 404 as a missing item."""

@@ -9,10 +9,10 @@ import pytest
 from problems import problem
 from sqlalchemy import select
 
-from {{ cookiecutter.package_name }}.api import MAX_PAGE_SIZE, PAGE_SIZE
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
 from {{ cookiecutter.package_name }}.db import db
 from {{ cookiecutter.package_name }}.models import ITEM_NAME_LENGTH, Item
+from {{ cookiecutter.package_name }}.schemas import MAX_PAGE_SIZE, PAGE_SIZE
 
 # Headers that differ between any two responses, whatever they answer.
 {%- if cookiecutter.use_rate_limiting %}

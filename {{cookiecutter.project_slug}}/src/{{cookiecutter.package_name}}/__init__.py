@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import click
 from flask import Flask
 
-from . import api, cors, db, {% if cookiecutter.use_docs_page %}docs, {% endif %}errors, keystore, logs{% if cookiecutter.use_rate_limiting %}, ratelimit{% endif %}, security
+from . import api, cors, db, {% if cookiecutter.use_docs_page %}docs, {% endif %}errors, keys_api, keystore, logs{% if cookiecutter.use_rate_limiting %}, ratelimit{% endif %}, security
 from .config import ConfigError, load_config
 
 __all__ = ["ConfigError", "create_app"]
@@ -40,6 +40,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
 {%- endif %}
     cors.init_app(app)
     api.init_app(app)
+    keys_api.init_app(app)
 {%- if cookiecutter.use_docs_page %}
     docs.init_app(app)
 {%- endif %}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -14,15 +12,24 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .auth import require_api_key
 from .db import db
-from .errors import InvalidParameter, NotReady, ResourceNotFound, describe_problem
+from .errors import NotReady, ResourceNotFound, describe_problem
 from .models import ITEM_NAME_LENGTH, Item, RegistryVersion
 from .openapi import openapi_document
-from .schemas import Answer, Body, Query, Timestamp, body, query, response
+from .schemas import (
+    Answer,
+    Body,
+    PageQuery,
+    Timestamp,
+    body,
+    decode_cursor,
+    encode_cursor,
+    query,
+    response,
+)
 
 public = Blueprint("public", __name__)
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
 
-PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
 # The largest id a database column holds (SQLite INTEGER, PostgreSQL bigint): a larger
 # one in a URL names no item, and must not reach the database as an overflow (a 500).
 MAX_ID = 2**63 - 1
@@ -85,11 +92,6 @@ class ItemOut(Answer):
 class ItemPage(Answer):
     items: list[ItemOut]
     next_cursor: str | None
-
-
-class PageQuery(Query):
-    limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
-    cursor: str | None = Field(None, max_length=100)
 
 
 def init_app(app: Flask) -> None:
@@ -165,10 +167,10 @@ def list_items(query: PageQuery):
     # Object-level authorisation: only the caller's owner's items, whatever is asked.
     select_items = select(Item).where(Item.owner == g.api_key.owner).order_by(Item.id.desc())
     if query.cursor is not None:
-        select_items = select_items.where(Item.id < _decode_cursor(query.cursor))
+        select_items = select_items.where(Item.id < decode_cursor("item", query.cursor))
     items = db.session.scalars(select_items.limit(query.limit + 1)).all()
     page, more = items[: query.limit], len(items) > query.limit
-    return {"items": page, "next_cursor": _encode_cursor(page[-1].id) if more else None}
+    return {"items": page, "next_cursor": encode_cursor("item", page[-1].id) if more else None}
 
 
 @v1.get("/items/<int:item_id>")
@@ -205,22 +207,6 @@ def create_item(body: NewItem):
     db.session.add(item)
     db.session.commit()
     return item
-
-
-def _encode_cursor(item_id: int) -> str:
-    return base64.urlsafe_b64encode(f"item:{item_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    """The id a cursor names; a forged or damaged cursor is a 422, never a 500."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        kind, _, number = text.partition(":")
-        if kind == "item" and number.isdigit() and len(number) <= 18:
-            return int(number)
-    except (binascii.Error, UnicodeError, ValueError):
-        pass
-    raise InvalidParameter("cursor is not one this API gave out; start again without it.")
 
 
 def _database_answers() -> bool:

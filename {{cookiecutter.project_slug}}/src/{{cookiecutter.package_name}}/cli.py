@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -23,10 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import registry
 from .keys import fingerprint, hash_key, is_well_formed, parse_api_keys
-from .logs import PACKAGE_LOGGER, configure_logging
-from .models import ApiKey
-
-audit = logging.getLogger(f"{PACKAGE_LOGGER}.audit")
+from .logs import configure_logging
 
 
 class _Checked(click.ParamType):
@@ -107,7 +103,7 @@ def create(name, owner, scopes, expires_in, expires, allowed_ips, **limits) -> N
             now=now,
             **limits,
         )
-    _audit("create", entry)
+    registry.audit("create", entry, by=_who())
     click.echo(
         f"Created key {entry.name!r} for {entry.owner!r} (fingerprint {entry.fingerprint}, "
         f"scopes {' '.join(entry.scopes)}, expires {_when(entry.expires)}). "
@@ -125,7 +121,8 @@ def list_keys(as_json: bool, unused) -> None:
     """List the keys: name, owner, fingerprint, scopes, expiry, status and use; no secret."""
     now = _now()
     with _errors():
-        rows = [_public(entry, now) for entry in registry.all_keys(unused_for=unused, now=now)]
+        entries = registry.all_keys(unused_for=unused, now=now)
+        rows = [registry.describe(entry, now) for entry in entries]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -150,7 +147,7 @@ def show(name: str) -> None:
     """Show everything the registry knows about key NAME (never the key)."""
     with _errors():
         entry = registry.current(name)
-    for field, value in _public(entry, _now()).items():
+    for field, value in registry.describe(entry, _now()).items():
         click.echo(f"{field + ':':13} {_cell(value)}")
 
 
@@ -161,7 +158,7 @@ def revoke(name: str) -> None:
     """Revoke key NAME at once; every server refuses it within about a second."""
     with _errors():
         entry = registry.revoke(name, now=_now())
-    _audit("revoke", entry)
+    registry.audit("revoke", entry, by=_who())
     click.echo(f"Revoked key {name!r} (fingerprint {entry.fingerprint}).", err=True)
 
 
@@ -179,7 +176,7 @@ def rotate(name: str, grace) -> None:
     """Give NAME a new key (printed once) with the same rights; the old one expires after GRACE."""
     with _errors():
         key, entry, old = registry.rotate(name, grace=grace, now=_now())
-    _audit("rotate", entry)
+    registry.audit("rotate", entry, by=_who())
     ends = "now (revoked)" if old.revoked else _when(old.expires)
     click.echo(
         f"Rotated key {name!r}: new fingerprint {entry.fingerprint}; the old key "
@@ -234,36 +231,6 @@ def _cell(value: object) -> str:
     if isinstance(value, list):
         return ",".join(value) or "-"
     return "-" if value is None else str(value)
-
-
-def _public(entry: ApiKey, now: datetime) -> dict[str, object]:
-    return {
-        "name": entry.name,
-        "owner": entry.owner,
-        "fingerprint": entry.fingerprint,
-        "scopes": list(entry.scopes),
-        "created": _when(entry.created),
-        "expires": _when(entry.expires) if entry.expires else None,
-        "status": registry.status(entry, now),
-        "allowed_ips": list(entry.allowed_ips),
-{%- if cookiecutter.use_rate_limiting %}
-        "rate_limit": entry.rate_limit,
-{%- endif %}
-        "last_used": _when(entry.last_used) if entry.last_used else None,
-        "requests": entry.request_count,
-    }
-
-
-def _audit(action: str, entry: ApiKey) -> None:
-    audit.info(
-        "keys %s: name=%s owner=%s fingerprint=%s by=%s",
-        action,
-        entry.name,
-        entry.owner,
-        entry.fingerprint,
-        _who(),
-        extra={"action": action, "key_name": entry.name, "fingerprint": entry.fingerprint},
-    )
 
 
 def _who() -> str:

@@ -84,7 +84,8 @@ def _build(app: Flask) -> dict[str, Any]:
                 SECURITY_SCHEME: {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}
             },
             "responses": {
-                _response_name(status): _error_response(status) for status in _statuses()
+                _response_name(status): _error_response(status)
+                for status in sorted(_referenced_statuses(paths))
             },
             "schemas": {**schemas, "Problem": PROBLEM_SCHEMA},
         },
@@ -127,9 +128,10 @@ def _operation(rule: Rule, view, refs, several: bool, method: str) -> dict[str, 
         content = {"application/json": {"schema": refs[view.body_model, "validation"]}}
         operation["requestBody"] = {"required": True, "content": content}
         errors += WITH_BODY
+    errors += getattr(view, "raises", ())
     status = getattr(view, "response_status", 200)
     answer: dict[str, Any] = {"description": summary.strip()}
-    if hasattr(view, "response_model"):
+    if getattr(view, "response_model", None) is not None:
         answer["content"] = {
             "application/json": {"schema": refs[view.response_model, "serialization"]}
         }
@@ -167,7 +169,7 @@ def _model_schemas(views) -> tuple[dict[Any, dict[str, str]], dict[str, Any]]:
     for view in views:
         if hasattr(view, "body_model"):
             models.add((view.body_model, "validation"))
-        if hasattr(view, "response_model"):
+        if getattr(view, "response_model", None) is not None:
             models.add((view.response_model, "serialization"))
     refs, definitions = models_json_schema(
         sorted(models, key=lambda pair: (pair[0].__name__, pair[1])),
@@ -176,8 +178,15 @@ def _model_schemas(views) -> tuple[dict[Any, dict[str, str]], dict[str, Any]]:
     return refs, definitions.get("$defs", {})
 
 
-def _statuses() -> list[int]:
-    return sorted({*KEYED, *WITH_BODY, *WITH_QUERY, *WITH_PATH, 403, 500, 503})
+def _referenced_statuses(paths: dict[str, dict[str, Any]]) -> set[int]:
+    """The error statuses some operation refers to: each gets one shared response."""
+    return {
+        int(status)
+        for operations in paths.values()
+        for operation in operations.values()
+        for status, answer in operation["responses"].items()
+        if "$ref" in answer
+    }
 
 
 def _response_name(status: int) -> str:

@@ -8,6 +8,7 @@ process can ask the database what changed since it last looked (keystore.py).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,7 +31,10 @@ from .keys import (
     parse_network,
     redact_keys,
 )
+from .logs import PACKAGE_LOGGER
 from .models import ApiKey, RegistryVersion
+
+audit_log = logging.getLogger(f"{PACKAGE_LOGGER}.audit")
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SCOPE = re.compile(r"\*|[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
@@ -41,6 +45,14 @@ MAX_DURATION = timedelta(days=36525)
 
 class RegistryError(ValueError):
     """A requested change is invalid; the message says why, and never holds a key."""
+
+
+class KeyNotFound(RegistryError):
+    """No key holds the name asked for."""
+
+
+class Conflict(RegistryError):
+    """The change clashes with the registry as it is: a name taken, a key not active."""
 
 
 class KeyStatus(StrEnum):
@@ -81,6 +93,43 @@ def record(key: ApiKey) -> KeyRecord:
         counter=key.counter,
 {%- endif %}
         id=key.id,
+    )
+
+
+def describe(key: ApiKey, now: datetime) -> dict[str, object]:
+    """What `flask keys list` and ``GET /v1/keys`` show of a key: never the key or its hash."""
+    return {
+        "name": key.name,
+        "owner": key.owner,
+        "fingerprint": key.fingerprint,
+        "scopes": list(key.scopes),
+        "created": _when(key.created),
+        "expires": _when(key.expires),
+        "status": status(key, now).value,
+        "allowed_ips": list(key.allowed_ips),
+{%- if cookiecutter.use_rate_limiting %}
+        "rate_limit": key.rate_limit,
+{%- endif %}
+        "last_used": _when(key.last_used),
+        "requests": key.request_count,
+    }
+
+
+def _when(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment else None
+
+
+def audit(action: str, key: ApiKey, *, by: str) -> None:
+    """One line in the audit log for each change, naming who made it: a person for the
+    CLI, the acting key for the API (repudiation)."""
+    audit_log.info(
+        "keys %s: name=%s owner=%s fingerprint=%s by=%s",
+        action,
+        key.name,
+        key.owner,
+        key.fingerprint,
+        by,
+        extra={"action": action, "key_name": key.name, "fingerprint": key.fingerprint},
     )
 
 
@@ -166,7 +215,7 @@ def current(name: str) -> ApiKey:
     """The key that holds NAME now (not a rotated predecessor)."""
     key = db.session.scalars(_holding(check_name(name))).first()
     if key is None:
-        raise RegistryError(f"no key named {name!r}; `flask keys list` shows the names")
+        raise KeyNotFound(f"no key named {name!r}; `flask keys list` shows the names")
     return key
 
 
@@ -211,7 +260,7 @@ def changing() -> Iterator[int]:
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
-        raise RegistryError("the registry changed meanwhile; try again") from None
+        raise Conflict("the registry changed meanwhile; try again") from None
     except BaseException:
         db.session.rollback()
         raise
@@ -251,7 +300,7 @@ def create(
     )
     with changing() as version:
         if db.session.scalars(_holding(name)).first():
-            raise RegistryError(f"a key named {name!r} already exists; choose another name")
+            raise Conflict(f"a key named {name!r} already exists; choose another name")
         entry.version = version
         db.session.add(entry)
     return key, entry
@@ -281,7 +330,7 @@ def rotate(name: str, *, grace: timedelta, now: datetime) -> tuple[str, ApiKey, 
     """
     old = current(name)
     if (state := status(old, now)) != KeyStatus.ACTIVE:
-        raise RegistryError(f"key {name!r} is {state}; only an active key can be rotated")
+        raise Conflict(f"key {name!r} is {state}; only an active key can be rotated")
     key = generate_key()
     lifetime = old.expires - old.created if old.expires else None
     with changing() as version:

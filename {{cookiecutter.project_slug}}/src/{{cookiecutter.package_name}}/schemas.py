@@ -16,13 +16,15 @@ let openapi.py describe the route: a route written this way documents itself.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from flask import Response, jsonify, request
-from pydantic import BaseModel, ConfigDict, PlainSerializer, ValidationError, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, WithJsonSchema
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from .errors import InvalidBody, InvalidParameter
@@ -34,6 +36,8 @@ Timestamp = Annotated[
     PlainSerializer(datetime.isoformat, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
+
+PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
 
 
 class Body(BaseModel):
@@ -58,6 +62,30 @@ class Answer(BaseModel):
     """The base of every response model: read from a dict or from a database row."""
 
     model_config = ConfigDict(from_attributes=True)
+
+
+class PageQuery(Query):
+    """``?limit=`` and ``?cursor=`` of a listing that comes a page at a time."""
+
+    limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    cursor: str | None = Field(None, max_length=100)
+
+
+def encode_cursor(kind: str, row_id: int) -> str:
+    """The cursor after row ``row_id`` of a listing of ``kind`` (keyset pagination)."""
+    return base64.urlsafe_b64encode(f"{kind}:{row_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str) -> int:
+    """The row id a cursor names; a forged or damaged cursor is a 422, never a 500."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        named, _, number = text.partition(":")
+        if named == kind and number.isdigit() and len(number) <= 18:
+            return int(number)
+    except (binascii.Error, UnicodeError, ValueError):
+        pass
+    raise InvalidParameter("cursor is not one this API gave out; start again without it.")
 
 
 def body(model: type[BaseModel]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -90,10 +118,12 @@ def query(model: type[BaseModel]) -> Callable[[Callable[..., Any]], Callable[...
 
 
 def response(
-    model: type[BaseModel], status: int = 200
+    model: type[BaseModel] | None, status: int = 200, *, errors: tuple[int, ...] = ()
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Answer what the view returns (a model, a dict or a database row) as ``model``:
-    only the fields it declares leave the server (excessive data exposure)."""
+    only the fields it declares leave the server (excessive data exposure). With no
+    model the answer has no body (``@response(None, 204)``). ``errors`` names the
+    statuses the view itself may raise (409, ...), for the document."""
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
@@ -101,11 +131,14 @@ def response(
             answer = view(*args, **kwargs)
             if isinstance(answer, Response):
                 return answer
+            if model is None:
+                return "", status
             document = model.model_validate(answer).model_dump(mode="json")
             return jsonify(document), status
 
         serialised.response_model = model  # type: ignore[attr-defined]
         serialised.response_status = status  # type: ignore[attr-defined]
+        serialised.raises = errors  # type: ignore[attr-defined]
         return serialised
 
     return decorate
