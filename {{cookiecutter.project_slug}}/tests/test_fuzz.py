@@ -72,7 +72,7 @@ def may_refuse_valid_data(case) -> bool:
     """True when a request that fits the document may still be refused, rightly.
 
     A cursor is opaque: only one the API gave out is valid, which no schema can say.
-    A key's network (CIDR), rate limit and name are checked by the registry beyond
+    A new key's values (its networks, its name) are checked by the registry beyond
     what a schema holds, and a name may be taken already (409).
     """
     return "cursor" in (case.query or {}) or case.path.startswith("/v1/keys")

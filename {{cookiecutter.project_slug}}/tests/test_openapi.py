@@ -10,7 +10,13 @@ from pydantic import Field
 from {{ cookiecutter.package_name }}.auth import require_api_key
 from {{ cookiecutter.package_name }}.config import API_KEY_HEADER
 from {{ cookiecutter.package_name }}.errors import error_classes
-from {{ cookiecutter.package_name }}.schemas import MAX_PAGE_SIZE, Answer, Body, body, response
+from {{ cookiecutter.package_name }}.schemas import (
+    MAX_PAGE_SIZE,
+    Answer,
+    Body,
+    body,
+    response,
+)
 
 IGNORED_METHODS = frozenset(["HEAD", "OPTIONS"])
 {%- if cookiecutter.use_docs_page %}
