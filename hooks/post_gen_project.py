@@ -27,6 +27,7 @@ OPTIONAL_PATHS = {
         "src/{package}/static",
         "tests/test_docs.py",
     ],
+    "use_secret_scanning": ["src/{package}/secret_scanning.py", "tests/test_secret_scanning.py"],
     "ci": [".github"],
 }
 
@@ -37,6 +38,7 @@ def remove_unused(answers, root):
         "use_docker": answers["use_docker"],
         "use_rate_limiting": answers["use_rate_limiting"],
         "use_docs_page": answers["use_docs_page"],
+        "use_secret_scanning": answers["use_secret_scanning"],
         "ci": answers["ci"] != "none",
     }
     for option, paths in OPTIONAL_PATHS.items():

@@ -27,12 +27,14 @@ RESERVED_HEADERS = {
 # Import names the generated project already depends on: shadowing one breaks it.
 DEPENDENCY_NAMES = {
     "click",
+    "cryptography",
     "dotenv",
     "flask",
     "flask_swagger_ui",
     "gunicorn",
     "jinja2",
     "limits",
+    "pydantic",
     "pythonjsonlogger",
     "redis",
     "tomli_w",
@@ -42,7 +44,7 @@ DEPENDENCY_NAMES = {
 VERSION = re.compile(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 FREE_TEXT = ("project_name", "description", "author_name", "author_email")
-BOOLEANS = ("use_rate_limiting", "use_docker", "use_docs_page")
+BOOLEANS = ("use_rate_limiting", "use_docker", "use_docs_page", "use_secret_scanning")
 CHOICES = {
     "ci": ("github", "none"),
     "license": ("MIT", "Apache-2.0", "BSD-3-Clause", "Proprietary"),

@@ -54,7 +54,12 @@ MATRIX: dict[str, dict[str, object]] = {
         "api_key_header": "Api-Token",
         "key_prefix": "zq9",
     },
-    "proprietary": {"license": "Proprietary", "ci": "github", "use_docker": False},
+    "proprietary": {
+        "license": "Proprietary",
+        "ci": "github",
+        "use_docker": False,
+        "use_secret_scanning": True,
+    },
 }
 
 # Variables that change what a generated app or tool does: the environment the
@@ -62,7 +67,7 @@ MATRIX: dict[str, dict[str, object]] = {
 _LEAKY_ENV = re.compile(
     r"PYTHONPATH|PYTHONHOME|APP_ENV|API_.*|REQUIRE_HTTPS|TRUSTED_PROXIES|RATELIMIT_.*"
     r"|AUTH_FAILURE_LIMIT|MAX_CONTENT_LENGTH|LOG_FORMAT|LOG_LEVEL|FLASK_.*|GUNICORN_.*"
-    r"|WEB_CONCURRENCY|PYTEST_.*|COOKIECUTTER_.*|DATABASE_URL"
+    r"|WEB_CONCURRENCY|PYTEST_.*|COOKIECUTTER_.*|DATABASE_URL|SECRET_SCANNING_.*"
 )
 
 # A pinned requirement: name, optional extras, ==version.

@@ -73,6 +73,13 @@ RATE_LIMIT_TRACES = re.compile(
     r"|\b429\b|too many requests|X-RateLimit|Retry-After",
     re.I,
 )
+# What secret scanning leaves: its module and route, its setting, its library and answers.
+# ("secret scanning" in words stays: keys.py says what the key format is made for.)
+SECRET_SCANNING_TRACES = re.compile(
+    r"secret[-_]scanning|SECRET_SCANNING|cryptography|Github-Public-Key|invalid_signature"
+    r"|signing_keys_unavailable|true_positive|partner program",
+    re.I,
+)
 
 
 def test_disabled_options_leave_no_trace(baked: Baked, tmp_path):
@@ -103,6 +110,17 @@ def test_disabled_options_leave_no_trace(baked: Baked, tmp_path):
         ]
         assert not mentions, f"rate limiting mentioned with use_rate_limiting off: {mentions}"
         assert not list(baked.root.rglob("*ratelimit*"))
+    scanning_files = list(baked.root.rglob("*secret_scanning*"))
+    if context["use_secret_scanning"]:
+        assert len(scanning_files) == 2, scanning_files  # the module and its tests
+    else:
+        assert not scanning_files
+        mentions = [
+            str(path.relative_to(baked.root))
+            for path, text in text_files(baked.root)
+            if SECRET_SCANNING_TRACES.search(text)
+        ]
+        assert not mentions, f"secret scanning mentioned with use_secret_scanning off: {mentions}"
     # The schema the migrations make: a key's own limit, and the count it shares with the
     # key it replaced, are columns only with rate limiting.
     columns = set(migrated_columns(baked, tmp_path, "api_keys"))

@@ -97,6 +97,7 @@ BAD_ANSWERS = [
     ("use_rate_limiting", "yes please", "true or false"),
     ("use_docker", "maybe", "true or false"),
     ("use_docs_page", 1, "true or false"),
+    ("use_secret_scanning", "no", "true or false"),
     ("ci", "jenkins", "one of github, none"),
     ("license", "GPL-3.0", "one of MIT, Apache-2.0, BSD-3-Clause, Proprietary"),
 ]
@@ -128,6 +129,7 @@ GOOD_ANSWERS = [
     ("use_rate_limiting", False),
     ("use_docker", False),
     ("use_docs_page", False),
+    ("use_secret_scanning", True),
     ("ci", "none"),
     ("license", "Proprietary"),
     ("license", "BSD-3-Clause"),
@@ -189,9 +191,18 @@ REMOVED_WHEN_OFF = {
         "src/{package}/static",
         "tests/test_docs.py",
     ],
+    "use_secret_scanning": ["src/{package}/secret_scanning.py", "tests/test_secret_scanning.py"],
     "ci": [".github"],
 }
-OFF = {"use_docker": False, "use_rate_limiting": False, "use_docs_page": False, "ci": "none"}
+OFF = {
+    "use_docker": False,
+    "use_rate_limiting": False,
+    "use_docs_page": False,
+    "use_secret_scanning": False,
+    "ci": "none",
+}
+# The answers, beyond the defaults, that turn every option on.
+EVERY_OPTION_ON = {"use_secret_scanning": True}
 
 
 def tree(root: Path) -> set[str]:
@@ -200,17 +211,23 @@ def tree(root: Path) -> set[str]:
 
 
 @pytest.fixture
-def full_project(default_project: Baked, project_copy) -> Path:
+def full_bake(bake) -> Baked:
+    """The project made with every option on."""
+    return bake(**EVERY_OPTION_ON)
+
+
+@pytest.fixture
+def full_project(full_bake: Baked, project_copy) -> Path:
     """A private copy of the project with every option on, as rendered before the hook."""
-    return project_copy(default_project)
+    return project_copy(full_bake)
 
 
 @pytest.mark.parametrize("option", list(REMOVED_WHEN_OFF))
 def test_post_gen_removes_exactly_the_files_of_an_option_turned_off(
-    hook, full_project, default_project, option
+    hook, full_project, full_bake, option
 ):
-    post_gen = hook("post_gen_project", **{option: OFF[option]})
-    removed = [path.format(package=default_project.package) for path in REMOVED_WHEN_OFF[option]]
+    post_gen = hook("post_gen_project", **{**EVERY_OPTION_ON, option: OFF[option]})
+    removed = [path.format(package=full_bake.package) for path in REMOVED_WHEN_OFF[option]]
     before = tree(full_project)
     for path in removed:
         assert (full_project / path).exists(), f"{path}: not in a full project (renamed?)"
@@ -222,7 +239,7 @@ def test_post_gen_removes_exactly_the_files_of_an_option_turned_off(
 
 
 def test_post_gen_keeps_everything_when_every_option_is_on(hook, full_project):
-    post_gen = hook("post_gen_project")
+    post_gen = hook("post_gen_project", **EVERY_OPTION_ON)
     before = tree(full_project)
     post_gen.remove_unused(post_gen.ANSWERS, full_project)
     assert tree(full_project) == before

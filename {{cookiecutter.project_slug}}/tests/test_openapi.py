@@ -156,8 +156,10 @@ def test_every_reference_resolves(document):
         for status, answer in operation["responses"].items():
             assert resolve(document, answer)["description"], (path, method, status)
         if "requestBody" in operation:
-            schema = operation["requestBody"]["content"]["application/json"]["schema"]
-            assert resolve(document, schema)["properties"], (path, method)
+            schema = resolve(document, operation["requestBody"]["content"]["application/json"])
+            schema = resolve(document, schema["schema"])
+            # An object, or an array of them.
+            assert resolve(document, schema.get("items", schema))["properties"], (path, method)
 
 
 def test_every_error_code_has_a_documented_type_that_answers(client, document):

@@ -12,7 +12,25 @@ from collections.abc import Mapping
 import click
 from flask import Flask
 
-from . import api, cors, db, {% if cookiecutter.use_docs_page %}docs, {% endif %}errors, keys_api, keystore, logs{% if cookiecutter.use_rate_limiting %}, ratelimit{% endif %}, security
+from . import (
+    api,
+    cors,
+    db,
+{%- if cookiecutter.use_docs_page %}
+    docs,
+{%- endif %}
+    errors,
+    keys_api,
+    keystore,
+    logs,
+{%- if cookiecutter.use_rate_limiting %}
+    ratelimit,
+{%- endif %}
+{%- if cookiecutter.use_secret_scanning %}
+    secret_scanning,
+{%- endif %}
+    security,
+)
 from .config import ConfigError, load_config
 
 __all__ = ["ConfigError", "create_app"]
@@ -41,6 +59,9 @@ def create_app(environ: Mapping[str, str] | None = None) -> Flask:
     cors.init_app(app)
     api.init_app(app)
     keys_api.init_app(app)
+{%- if cookiecutter.use_secret_scanning %}
+    secret_scanning.init_app(app)
+{%- endif %}
 {%- if cookiecutter.use_docs_page %}
     docs.init_app(app)
 {%- endif %}

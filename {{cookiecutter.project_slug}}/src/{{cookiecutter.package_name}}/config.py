@@ -11,6 +11,9 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
+{%- if cookiecutter.use_secret_scanning %}
+from urllib.parse import urlsplit
+{%- endif %}
 
 {% if cookiecutter.use_rate_limiting -%}
 from limits import parse_many
@@ -54,6 +57,9 @@ def load_config(environ: Mapping[str, str]) -> dict[str, object]:
         "CORS_ORIGINS": _origins(environ, "CORS_ORIGINS"),
         "API_KEYS": _api_keys(environ),
         "DATABASE_URL": database_url(environ),
+{%- if cookiecutter.use_secret_scanning %}
+        "SECRET_SCANNING_KEYS_URL": _keys_url(environ, "SECRET_SCANNING_KEYS_URL"),
+{%- endif %}
         "MAX_CONTENT_LENGTH": _integer(environ, "MAX_CONTENT_LENGTH", default=1_048_576, minimum=1),
         "LOG_FORMAT": log_format,
         "LOG_LEVEL": log_level,
@@ -95,6 +101,33 @@ def _api_keys(environ: Mapping[str, str]) -> tuple:
         return tuple(parse_api_keys(environ.get("API_KEYS", "")))
     except KeyConfigError as error:
         raise ConfigError(str(error)) from None
+{%- if cookiecutter.use_secret_scanning %}
+
+
+# GitHub's secret-scanning public keys, which decide whose alert may revoke a key.
+GITHUB_KEYS_URL = "https://api.github.com/meta/public_keys/secret_scanning"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _keys_url(environ: Mapping[str, str], name: str) -> str:
+    """Where GitHub's signing keys are fetched: https, or http to this machine only.
+
+    Plain http elsewhere would let anyone on the path hand us their own "GitHub" key
+    and forge alerts that revoke keys (man in the middle); on loopback there is no
+    path to sit on, and a local stand-in (tests, a caching proxy) may serve it.
+    """
+    raw = environ.get(name, "").strip() or GITHUB_KEYS_URL
+    try:
+        url = urlsplit(raw)
+    except ValueError:  # an unclosed [ of an IPv6 address
+        url = urlsplit("")
+    if url.hostname and (
+        url.scheme == "https" or (url.scheme == "http" and url.hostname in LOOPBACK_HOSTS)
+    ):
+        return raw
+    # Never echo the URL itself: it may carry a token.
+    raise ConfigError(f"{name} must be an https:// URL (http:// only to localhost)")
+{%- endif %}
 
 
 def _boolean(environ: Mapping[str, str], name: str, *, default: bool) -> bool:

@@ -124,6 +124,10 @@ def _operation(rule: Rule, view, refs, several: bool, method: str) -> dict[str, 
         # OpenAPI 3.1 lets an apiKey requirement list scopes: those require_api_key checks.
         operation["security"] = [{SECURITY_SCHEME: sorted(view.required_scopes)}]
         errors += KEYED
+{%- if cookiecutter.use_secret_scanning %}
+    # Errors another decorator says its view answers: secret_scanning's signature check, 401.
+    errors += getattr(view, "error_statuses", ())
+{%- endif %}
     if hasattr(view, "body_model"):
         content = {"application/json": {"schema": refs[view.body_model, "validation"]}}
         operation["requestBody"] = {"required": True, "content": content}
