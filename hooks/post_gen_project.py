@@ -20,7 +20,12 @@ ANSWERS = json.loads(r"""{{ cookiecutter | tojson }}""")
 # Paths that exist only for an option; removed when the option is off.
 OPTIONAL_PATHS = {
     "use_docker": ["Dockerfile", ".dockerignore", "compose.yaml"],
-    "use_rate_limiting": ["src/{package}/ratelimit.py", "tests/test_ratelimit.py"],
+    "use_rate_limiting": [
+        "src/{package}/ratelimit.py",
+        "src/{package}/migrations/versions/0002_owner_limits.py",
+        "tests/test_ratelimit.py",
+        "tests/test_owner_limits.py",
+    ],
     "use_docs_page": [
         "src/{package}/docs.py",
         "src/{package}/templates",

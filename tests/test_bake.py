@@ -66,11 +66,12 @@ def test_no_template_syntax_left(baked: Baked):
 
 
 # What rate limiting leaves in a project: settings, the library, Redis, a key's own limit
-# (field, CLI option, list column), 429 answers and the limit headers.
+# (field, CLI option, list column), owners' limits (table, model, command), 429 answers and
+# the limit headers.
 RATE_LIMIT_TRACES = re.compile(
     r"RATELIMIT_|AUTH_FAILURE_LIMIT|flask[-_]limiter|\blimits(\[|==)|(from|import) limits\b"
-    r"|\bredis\b|rate[-_ ]limit"
-    r"|\b429\b|too many requests|X-RateLimit|Retry-After",
+    r"|\bredis\b|rate[-_ ]limit|owner[-_ ]?limit"
+    r"|\b429\b|too many requests|X-RateLimit|\bRateLimit\b|RateLimit-Policy|Retry-After",
     re.I,
 )
 # What secret scanning leaves: its module and route, its setting, its library and answers.
@@ -122,26 +123,35 @@ def test_disabled_options_leave_no_trace(baked: Baked, tmp_path):
         ]
         assert not mentions, f"secret scanning mentioned with use_secret_scanning off: {mentions}"
     # The schema the migrations make: a key's own limit, and the count it shares with the
-    # key it replaced, are columns only with rate limiting.
-    columns = set(migrated_columns(baked, tmp_path, "api_keys"))
+    # key it replaced, are columns only with rate limiting; owners' limits a table.
+    schema = migrated_schema(baked, tmp_path)
+    columns = set(schema["api_keys"])
     assert {"name", "owner", "digest"} <= columns, columns
     limit_columns = columns & RATE_LIMIT_COLUMNS
     if context["use_rate_limiting"]:
         assert limit_columns == RATE_LIMIT_COLUMNS, columns
+        assert set(schema["owner_limits"]) == {"owner", "rate_limit", "version"}, schema
     else:
         assert not limit_columns, f"rate-limit columns with use_rate_limiting off: {columns}"
+        assert set(schema) == {"alembic_version", "api_keys", "registry_version", "items"}
 
 
 # The columns of api_keys that only rate limiting needs.
 RATE_LIMIT_COLUMNS = {"rate_limit", "counter"}
 
 
-def migrated_columns(baked: Baked, directory: Path, table: str) -> list[str]:
-    """The columns of ``table`` in a database the project's `flask db upgrade` made."""
+def migrated_schema(baked: Baked, directory: Path) -> dict[str, list[str]]:
+    """Each table's columns in a database the project's `flask db upgrade` made."""
     url = migrated_database(baked.root, baked.package, directory)
     connection = sqlite3.connect(url.removeprefix("sqlite:///"))
     try:
-        return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+        tables = connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'sqlite_sequence'"
+        )
+        return {
+            table: [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+            for (table,) in tables.fetchall()
+        }
     finally:
         connection.close()
 

@@ -184,7 +184,12 @@ def test_hostile_answer_is_data_in_the_rendered_hook(hook):
 # {package} is the package directory's name).
 REMOVED_WHEN_OFF = {
     "use_docker": ["Dockerfile", ".dockerignore", "compose.yaml"],
-    "use_rate_limiting": ["src/{package}/ratelimit.py", "tests/test_ratelimit.py"],
+    "use_rate_limiting": [
+        "src/{package}/ratelimit.py",
+        "src/{package}/migrations/versions/0002_owner_limits.py",
+        "tests/test_ratelimit.py",
+        "tests/test_owner_limits.py",
+    ],
     "use_docs_page": [
         "src/{package}/docs.py",
         "src/{package}/templates",

@@ -16,7 +16,7 @@ from {{ cookiecutter.package_name }}.schemas import MAX_PAGE_SIZE, PAGE_SIZE
 
 # Headers that differ between any two responses, whatever they answer.
 {%- if cookiecutter.use_rate_limiting %}
-PER_REQUEST_HEADERS = ("X-Request-ID", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+PER_REQUEST_HEADERS = ("X-Request-ID", "X-RateLimit-Remaining", "X-RateLimit-Reset", "RateLimit")
 {%- else %}
 PER_REQUEST_HEADERS = ("X-Request-ID",)
 {%- endif %}

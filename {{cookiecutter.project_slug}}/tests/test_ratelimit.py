@@ -6,6 +6,7 @@ shared by several gunicorn workers.
 """
 
 import dataclasses
+import re
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -322,8 +323,8 @@ def test_a_key_whose_limit_changes_is_counted_by_its_new_limit():
     record = keys.KeyRecord("partner", "0123456789ab", rate_limit="2/hour")
 
     def admit(record):
-        limit, window = limiter.admit("192.0.2.1", record, "whoami", ())
-        return limit.amount, window.count
+        standing = limiter.admit("192.0.2.1", record, "whoami", ())
+        return standing.counter.limit.amount, standing.window.count
 
     assert admit(record) == (2, 1)
     assert admit(dataclasses.replace(record, rate_limit="5/hour")) == (5, 1)  # a reload
@@ -406,3 +407,107 @@ def test_a_rotated_key_and_its_successor_share_one_limit(make_app, registry_key)
     assert answer.headers["X-RateLimit-Remaining"] == "0"
     assert refused(whoami(client, new_key), 429, "rate_limited")
     assert refused(whoami(client, old_key), 429, "rate_limited")
+
+
+# ---- RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers-11) ------------
+
+# RFC 9651's grammar, as the draft uses it: each field is a List of Items whose value is a
+# String, with Parameters.
+SF_STRING = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\\"])*"'
+SF_BARE_ITEM = (
+    r"(?:-?[0-9]{1,12}\.[0-9]{1,3}|-?[0-9]{1,15}|"
+    + SF_STRING
+    + r"|[A-Za-z*][!#$%&'*+.^_`|~:/0-9A-Za-z-]*|:[A-Za-z0-9+/=]*:|\?[01])"
+)
+SF_PARAMETER = re.compile(rf";[ ]*([a-z*][a-z0-9_.*-]*)(?:=({SF_BARE_ITEM}))?")
+SF_ITEM = re.compile(rf"({SF_STRING})((?:{SF_PARAMETER.pattern})*)")
+SF_LIST = re.compile(rf"{SF_ITEM.pattern}(?:[ \t]*,[ \t]*{SF_ITEM.pattern})*")
+SF_INTEGER = re.compile(r"-?[0-9]{1,15}")
+
+
+def structured_list(value):
+    """A RateLimit or RateLimit-Policy value as [(name, {parameter: value})]; a failed test
+    unless it is a List of String Items, as the draft requires."""
+    assert SF_LIST.fullmatch(value), f"not a Structured Field List of Strings: {value!r}"
+    items = []
+    for item in SF_ITEM.finditer(value):
+        parameters = SF_PARAMETER.findall(item.group(2))
+        assert len({key for key, _ in parameters}) == len(parameters), value
+        name = re.sub(r"\\(.)", r"\1", item.group(1)[1:-1])
+        items.append((name, dict(parameters)))
+    return items
+
+
+def integer(text, minimum=0):
+    assert SF_INTEGER.fullmatch(text) and int(text) >= minimum, text
+    return int(text)
+
+
+def draft_headers(response):
+    """The draft's two headers, checked against its grammar and against X-RateLimit-*:
+    returns {policy: (q, w)} and the one reported, (name, r, t)."""
+    policies = {}
+    for name, parameters in structured_list(response.headers["RateLimit-Policy"]):
+        assert set(parameters) == {"q", "w"}, parameters
+        assert name not in policies, f"two policies named {name!r}"
+        policies[name] = (integer(parameters["q"]), integer(parameters["w"], minimum=1))
+    [(name, parameters)] = structured_list(response.headers["RateLimit"])
+    assert set(parameters) == {"r", "t"}, parameters
+    remaining, seconds_left = integer(parameters["r"]), integer(parameters["t"])
+    # The same limit as the X-RateLimit-* headers, its reset in seconds, not a timestamp.
+    assert name in policies, (name, policies)
+    assert str(policies[name][0]) == response.headers["X-RateLimit-Limit"]
+    assert str(remaining) == response.headers["X-RateLimit-Remaining"]
+    reset = int(response.headers["X-RateLimit-Reset"])
+    assert abs(seconds_left - (reset - time.time())) <= 1.5, (seconds_left, reset)
+    assert seconds_left <= policies[name][1]
+    return policies, (name, remaining, seconds_left)
+
+
+def test_draft_headers_have_the_drafts_syntax_and_agree_with_x_ratelimit(make_app, key):
+    client = make_app(RATELIMIT_DEFAULT="5/hour").test_client()
+    answers = [whoami(client, key) for _ in range(3)]
+    for sent, response in enumerate(answers, start=1):
+        assert response.headers["RateLimit-Policy"] == '"key";q=5;w=3600'
+        assert re.fullmatch(rf'"key";r={5 - sent};t=(3599|3600)', response.headers["RateLimit"])
+        policies, reported = draft_headers(response)
+        assert policies == {"key": (5, 3600)} and reported[:2] == ("key", 5 - sent)
+
+
+def test_a_429_carries_the_draft_headers_with_retry_after_no_earlier(make_app, key):
+    client = make_app(RATELIMIT_DEFAULT="2/hour").test_client()
+    refused = [whoami(client, key) for _ in range(3)][-1]
+    assert refused.status_code == 429
+    policies, (name, remaining, seconds_left) = draft_headers(refused)
+    assert (name, remaining) == ("key", 0) and policies == {"key": (2, 3600)}
+    # The draft: Retry-After must not point earlier than the end of the effective window.
+    assert int(refused.headers["Retry-After"]) >= seconds_left
+
+
+def test_every_limit_is_a_policy_with_a_name_of_its_own(make_app, registry_key):
+    """Two limits of the key, its owner's and the route's: RateLimit-Policy lists all four,
+    each named uniquely and predictably; RateLimit reports the closest, the route's."""
+    partner, _ = registry_key("partner", owner="acme", rate_limit="100/2 hours;10/minute")
+    with create_app({"APP_ENV": "testing"}).app_context():
+        registry.set_owner_limit("acme", "1000/day")
+    app = make_app()
+    protected_route_with_its_own_limit(app, "3/hour")
+    response = app.test_client().get("/reports", headers={API_KEY_HEADER: partner})
+    assert response.status_code == 200
+    assert response.headers["RateLimit-Policy"] == (
+        '"key-100-per-2-hours";q=100;w=7200, "key-10-per-minute";q=10;w=60, '
+        '"owner";q=1000;w=86400, "route";q=3;w=3600'
+    )
+    policies, reported = draft_headers(response)
+    assert len(policies) == 4 and reported[:2] == ("route", 2)
+
+
+def test_the_failure_cap_reports_its_own_policy_on_its_429(make_app, key):
+    client = make_app(AUTH_FAILURE_LIMIT="2/hour").test_client()
+    guesses = [whoami(client, keys.generate_key(), ATTACKER) for _ in range(3)]
+    assert [r.status_code for r in guesses] == [401, 401, 429]
+    assert "RateLimit" not in guesses[0].headers  # a 401 is no limited answer
+    policies, reported = draft_headers(guesses[-1])
+    assert policies == {"auth-failures": (2, 3600)} and reported[:2] == ("auth-failures", 0)
+    cut_off = whoami(client, key, ATTACKER)  # a right key, from a client cut off
+    assert draft_headers(cut_off)[1][:2] == ("auth-failures", 0)

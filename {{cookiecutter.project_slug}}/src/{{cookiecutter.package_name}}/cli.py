@@ -1,4 +1,4 @@
-"""``flask keys ...``: create, list, show, rotate, revoke and check API keys.
+"""``flask keys ...``: create, list, show, rotate, revoke and check API keys{% if cookiecutter.use_rate_limiting %}; owners' limits{% endif %}.
 
 These commands work even where a server would refuse to start (a database with
 no key yet, in production): they load the app without its start-up checks. A
@@ -187,6 +187,72 @@ def rotate(name: str, grace) -> None:
     click.echo(key)
 
 
+{% if cookiecutter.use_rate_limiting -%}
+@keys.command("owner-limit")
+@click.argument("owner", type=NAME, required=False)
+@click.argument("limit", type=RATE_LIMIT, required=False)
+@click.option("--clear", is_flag=True, help="Take OWNER's limit away; its keys keep their own.")
+@with_appcontext
+def owner_limit(owner: str | None, limit: str | None, clear: bool) -> None:
+    """Give OWNER a LIMIT all its keys share, such as 10000/month; show it, or --clear it.
+
+    Every request of every key of OWNER counts against LIMIT as well as against the
+    key's own limit, and the one closer to running out refuses: more keys buy no more
+    requests. Without OWNER, list the owners that have a limit. Every running server
+    applies a change within about a second.
+    """
+    if owner is None:
+        if clear:
+            raise click.UsageError("--clear needs the OWNER whose limit to clear")
+        _list_owner_limits()
+        return
+    if limit is not None and clear:
+        raise click.UsageError("give LIMIT or --clear, not both")
+    with _errors():
+        if limit is None and not clear:
+            current = registry.owner_limit(owner)
+            held = registry.owner_key_count(owner)
+            click.echo(f"{owner}: {current or 'no limit of its own'} ({_keys(held)})")
+            return
+        if clear:
+            previous = registry.clear_owner_limit(owner)
+        else:
+            registry.set_owner_limit(owner, limit)
+        held = registry.owner_key_count(owner)
+    action = "owner-limit-clear" if clear else "owner-limit"
+    registry.audit_owner_limit(action, owner, limit, by=_who())
+    if clear:
+        click.echo(
+            f"Cleared the limit of owner {owner!r} (was {previous}); its {_keys(held)} keep "
+            "their own limits.",
+            err=True,
+        )
+        return
+    click.echo(
+        f"Owner {owner!r} now has {limit}, shared by its {_keys(held)} on top of each key's "
+        "own limit; every server applies it within about a second.",
+        err=True,
+    )
+    if not held:
+        click.echo(f"Warning: no key belongs to {owner!r} yet; is the name right?", err=True)
+
+
+def _list_owner_limits() -> None:
+    with _errors():
+        limits = registry.owner_limits()
+    if not limits:
+        click.echo("No owner has a limit of its own.", err=True)
+        return
+    width = max(len(owner) for owner in limits)
+    for owner, limit in limits.items():
+        click.echo(f"{owner.ljust(width)}  {limit}")
+
+
+def _keys(count: int) -> str:
+    return f"{count} key" if count == 1 else f"{count} keys"
+
+
+{% endif -%}
 @keys.command()
 @click.argument("key", required=False)
 @with_appcontext

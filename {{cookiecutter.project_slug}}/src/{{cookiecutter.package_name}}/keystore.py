@@ -5,7 +5,8 @@ record in a dict keyed by its SHA-256 (keys.KeyRing) and, once a second, asks
 the database for the registry's version; only when it moved does it read
 the rows changed since the version it last saw. A key created, rotated or
 revoked on any host is honoured by every process within about a second, and a
-refresh costs what changed, never the registry's size.
+refresh costs what changed, never the registry's size.{% if cookiecutter.use_rate_limiting %} Owners' limits are held
+and followed the same way, beside the keys.{% endif %}
 
 A thread of each process does the looking, so no request waits on the
 database. When the database goes away, the process keeps checking keys against
@@ -35,7 +36,7 @@ from . import registry
 from .config import ConfigError
 from .db import db
 from .keys import HASH_SCHEME, KeyRecord, KeyRing
-from .models import ApiKey, RegistryVersion, UTCDateTime
+from .models import ApiKey, {% if cookiecutter.use_rate_limiting %}OwnerLimit, {% endif %}RegistryVersion, UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class KeyStore(KeyRing):
         super().__init__()
         self.app = app
         self.static = dict(static)
+{%- if cookiecutter.use_rate_limiting %}
+        self.owner_limits: dict[str, str] = {}  # an owner's own limit, by owner
+{%- endif %}
         self.version = -1  # no registry read yet
         self.healthy = True  # the last look at the database succeeded
         self._refreshed = 0.0
@@ -130,6 +134,12 @@ class KeyStore(KeyRing):
         with self._usage_lock:
             count, _ = self._usage.get(record.id, (0, None))
             self._usage[record.id] = (count + 1, datetime.now(UTC))
+{%- if cookiecutter.use_rate_limiting %}
+
+    def owner_limit(self, owner: str) -> str | None:
+        """The limit all of OWNER's keys share, if it has one (ratelimit.py counts it)."""
+        return self.owner_limits.get(owner)
+{%- endif %}
 
     def usable_count(self, now: datetime) -> int:
         """How many keys could authenticate now (not revoked, not expired)."""
@@ -153,11 +163,31 @@ class KeyStore(KeyRing):
                     log.error("key registry: key %r (id %d) refused: %s", key.name, key.id, error)
             for digest, record in self.static.items():  # API_KEYS wins over the registry
                 self.add(digest, record)
+{%- if cookiecutter.use_rate_limiting %}
+            self._read_owner_limits()
+{%- endif %}
             self.version = latest
             log.debug("key registry at version %d: %d keys", latest, len(self))
         if not self.healthy:
             log.warning("key registry reachable again")
             self.healthy = True
+{%- if cookiecutter.use_rate_limiting %}
+
+    def _read_owner_limits(self) -> None:
+        """Owners' limits changed since the last look: set, changed or cleared."""
+        changed = db.session.scalars(select(OwnerLimit).where(OwnerLimit.version > self.version))
+        for row in changed:
+            if row.rate_limit is None:  # cleared
+                self.owner_limits.pop(row.owner, None)
+                continue
+            try:
+                self.owner_limits[row.owner] = registry.check_rate_limit(row.rate_limit)
+            except registry.RegistryError as error:
+                # A row edited by hand past the registry's checks: the owner's keys keep
+                # their own limits, and every other change is still served.
+                self.owner_limits.pop(row.owner, None)
+                log.error("key registry: the limit of owner %r ignored: %s", row.owner, error)
+{%- endif %}
 
     def _flush_usage(self) -> None:
         """Add up this process's counts in the registry: one statement for all keys."""

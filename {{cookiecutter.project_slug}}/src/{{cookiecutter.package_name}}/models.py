@@ -1,7 +1,8 @@
 """The tables: the key registry, its change counter, and the example resource, items.
 
 Only hashes and metadata of keys are stored, never a key: reading the database
-gives no way to call the API.
+gives no way to call the API.{% if cookiecutter.use_rate_limiting %} Owners' limits are changes of the registry
+too, counted by the same change counter.{% endif %}
 """
 
 from __future__ import annotations
@@ -70,6 +71,22 @@ class ApiKey(db.Model):
     version: Mapped[int] = mapped_column(index=True)
 
 
+{% if cookiecutter.use_rate_limiting -%}
+class OwnerLimit(db.Model):
+    """An owner's own limit, shared by all its keys (``flask keys owner-limit``).
+
+    Clearing a limit keeps the row with no limit and a new version, so that every
+    server, reading only the rows changed since it last looked, sees it go.
+    """
+
+    __tablename__ = "owner_limits"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rate_limit: Mapped[str | None] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(index=True)
+
+
+{% endif -%}
 class RegistryVersion(db.Model):
     """One row: the number of the latest change to the key registry."""
 

@@ -1,4 +1,4 @@
-"""Rate limits: each key's limit, a route's own limit, and a cap on failed authentications.
+"""Rate limits: each key's limit, its owner's, a route's own, and a cap on failed logins.
 
 Limits use the `limits` library's notation (``60/minute; 1000/day``), storage
 URIs and fixed windows: a counter's window starts with its first hit and lasts
@@ -8,10 +8,12 @@ every limit the request touches: in ``memory://`` a dict behind a lock (exact
 in one process), in Redis one Lua script (exact across every worker and host).
 Counters are named by a key's fingerprint, never by the key (credential leak);
 a rotated key's successor counts under its predecessor's, sharing its count.
+An owner's limit is counted under the owner's name, by every one of its keys.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import math
@@ -30,8 +32,6 @@ from .keys import KeyRecord
 
 log = logging.getLogger(__name__)
 
-# The headers that tell a client where it stands (cors.py lets browser scripts read them).
-CLIENT_HEADERS = ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 # A Redis that does not answer must not hold requests for long.
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 # How long a client is told to wait while the storage is unreachable.
@@ -42,6 +42,25 @@ NAMESPACE = "{" + __name__.partition(".")[0] + "}"
 # One IPv6 connection gets a whole /64: count failures per /64, or a single home
 # connection would have unlimited guesses (brute force).
 IPV6_CLIENT_PREFIX = 64
+
+# The headers of a limited answer. X-RateLimit-* as GitHub and Flask-Limiter send them
+# (Reset in epoch seconds), for the clients that know only those; RateLimit-Policy and
+# RateLimit as draft-ietf-httpapi-ratelimit-headers-11 defines them (t in seconds).
+LIMIT_HEADER = "X-RateLimit-Limit"
+REMAINING_HEADER = "X-RateLimit-Remaining"
+RESET_HEADER = "X-RateLimit-Reset"
+POLICY_HEADER = "RateLimit-Policy"
+RATELIMIT_HEADER = "RateLimit"
+RETRY_AFTER_HEADER = "Retry-After"
+# The headers that tell a client where it stands (cors.py lets browser scripts read them).
+CLIENT_HEADERS = (
+    RETRY_AFTER_HEADER,
+    LIMIT_HEADER,
+    REMAINING_HEADER,
+    RESET_HEADER,
+    POLICY_HEADER,
+    RATELIMIT_HEADER,
+)
 
 
 class RateLimited(APIError):
@@ -55,10 +74,12 @@ class RateLimitUnavailable(APIError):
 
 
 class Counter(NamedTuple):
-    """A storage counter and the limit it enforces (`limits`' own item: amount and period)."""
+    """A storage counter, the limit it enforces (`limits`' own item: amount and period),
+    and the name the RateLimit headers give that limit (its policy)."""
 
     name: str
     limit: RateLimitItem
+    policy: str = ""
 
 
 class Window(NamedTuple):
@@ -163,11 +184,20 @@ return reply
             if not self._down:
                 log.error("rate-limit storage unavailable, refusing keyed requests: %s", error)
             self._down = True
-            raise RateLimitUnavailable(headers={"Retry-After": STORAGE_RETRY_AFTER}) from None
+            raise RateLimitUnavailable(headers={RETRY_AFTER_HEADER: STORAGE_RETRY_AFTER}) from None
         if self._down:
             log.warning("rate-limit storage is back")
             self._down = False
         return [Window(int(count), sent + max(int(left), 0) / 1000) for count, left in reply]
+
+
+class Standing(NamedTuple):
+    """Where a request stands: the counter closest to running out and its window (the
+    limit the headers report, and the one that refuses), and every counter it touched."""
+
+    counter: Counter
+    window: Window
+    counters: tuple[Counter, ...]
 
 
 class RateLimiter:
@@ -180,29 +210,39 @@ class RateLimiter:
         self.failure_limits = parse_many(failure_limit)
 
     def admit(
-        self, client: str, record: KeyRecord, route: str, route_limits: Sequence[RateLimitItem]
-    ) -> tuple[RateLimitItem, Window]:
-        """Count a request made with a valid key, or raise RateLimited: the client is cut
-        off for failed authentications, or a limit is spent. Returns the limit closest to
-        running out, with its window, for the headers."""
+        self,
+        client: str,
+        record: KeyRecord,
+        route: str,
+        route_limits: Sequence[RateLimitItem],
+        owner_limit: str | None = None,
+    ) -> Standing:
+        """Count a request made with a valid key against the key's limits, its owner's (when
+        the owner has one) and the route's, or raise RateLimited: the client is cut off for
+        failed authentications, or a limit is spent. Returns where it stands, for the headers.
+        """
         checked = self._failure_counters(client)
-        key_limits = parse_many(record.rate_limit) if record.rate_limit else self.default_limits
-        counted = [
-            Counter(limit.key_for(NAMESPACE, "key", record.counter), limit) for limit in key_limits
-        ] + [
-            Counter(limit.key_for(NAMESPACE, "route", route, record.counter), limit)
-            for limit in route_limits
-        ]
+        key_limits = _parsed(record.rate_limit) if record.rate_limit else self.default_limits
+        # An owner's limit is counted by all its keys: more keys buy no more requests.
+        owner_limits = _parsed(owner_limit) if owner_limit else ()
+        counted = (
+            *_counters("key", key_limits, record.counter),
+            *_counters("owner", owner_limits, record.owner),
+            *_counters("route", route_limits, route, record.counter),
+        )
         windows = self.storage.hit(checked, counted)
         if len(windows) <= len(checked):  # the reads stopped at a full failure counter
-            raise _refusal(checked[len(windows) - 1].limit, windows[-1])
-        limit, window = min(
-            zip((counter.limit for counter in counted), windows[len(checked) :], strict=True),
-            key=lambda pair: pair[0].amount - pair[1].count,
+            full = checked[len(windows) - 1]
+            raise _refusal(Standing(full, windows[-1], (full,)))
+        pairs = list(zip(counted, windows[len(checked) :], strict=True))
+        # Fewest requests left; of those, the window that ends last: the honest wait.
+        counter, window = min(
+            pairs, key=lambda pair: (max(pair[0].limit.amount - pair[1].count, 0), -pair[1].ends)
         )
-        if window.count > limit.amount:
-            raise _refusal(limit, window)
-        return limit, window
+        standing = Standing(counter, window, counted)
+        if any(window.count > counter.limit.amount for counter, window in pairs):
+            raise _refusal(standing)
+        return standing
 
     def count_failure(self, client: str) -> None:
         """Count a failed authentication; raise RateLimited once the client is over the cap,
@@ -210,13 +250,33 @@ class RateLimiter:
         counted = self._failure_counters(client)
         for counter, window in zip(counted, self.storage.hit((), counted), strict=True):
             if window.count > counter.limit.amount:
-                raise _refusal(counter.limit, window)
+                raise _refusal(Standing(counter, window, (counter,)))
 
-    def _failure_counters(self, client: str) -> list[Counter]:
-        return [
-            Counter(limit.key_for(NAMESPACE, "auth-failures", client), limit)
-            for limit in self.failure_limits
-        ]
+    def _failure_counters(self, client: str) -> tuple[Counter, ...]:
+        return _counters("auth-failures", self.failure_limits, client)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(limits: str) -> tuple[RateLimitItem, ...]:
+    """A key's or an owner's limits, parsed once per distinct text, not once per request."""
+    return tuple(parse_many(limits))
+
+
+def _counters(kind: str, limits: Sequence[RateLimitItem], *names: str) -> tuple[Counter, ...]:
+    """The counters of one kind of limit, named by ``names`` and policy-named for the
+    headers: the kind alone for its only limit (``"key"``), else with the limit
+    (``"key-60-per-minute"``, ``"key-1000-per-day"``), so that each name is unique."""
+
+    def policy(limit: RateLimitItem) -> str:
+        if len(limits) == 1:
+            return kind
+        unit = limit.GRANULARITY.name
+        window = unit if limit.multiples == 1 else f"{limit.multiples}-{unit}s"
+        return f"{kind}-{limit.amount}-per-{window}"
+
+    return tuple(
+        Counter(limit.key_for(NAMESPACE, kind, *names), limit, policy(limit)) for limit in limits
+    )
 
 
 def client_network(address: str | None) -> str:
@@ -232,18 +292,29 @@ def client_network(address: str | None) -> str:
     return str(ip)
 
 
-def _headers(limit: RateLimitItem, window: Window) -> dict[str, str]:
-    """The rate-limit headers clients know from GitHub and Flask-Limiter."""
+def _headers(standing: Standing) -> dict[str, str]:
+    """Where the client stands, in every header it may know: each limit the request counted
+    against (RateLimit-Policy), and the one closest to running out (all the others)."""
+    limit, window = standing.counter.limit, standing.window
+    remaining = max(limit.amount - window.count, 0)
+    # Policy names are letters, digits and hyphens: Structured Field strings as they are.
+    policies = (
+        f'"{counter.policy}";q={counter.limit.amount};w={counter.limit.get_expiry()}'
+        for counter in standing.counters
+    )
+    seconds_left = max(math.ceil(window.ends - time.time()), 0)
     return {
-        "X-RateLimit-Limit": str(limit.amount),
-        "X-RateLimit-Remaining": str(max(limit.amount - window.count, 0)),
-        "X-RateLimit-Reset": str(math.ceil(window.ends)),
+        LIMIT_HEADER: str(limit.amount),
+        REMAINING_HEADER: str(remaining),
+        RESET_HEADER: str(math.ceil(window.ends)),
+        POLICY_HEADER: ", ".join(policies),
+        RATELIMIT_HEADER: f'"{standing.counter.policy}";r={remaining};t={seconds_left}',
     }
 
 
-def _refusal(limit: RateLimitItem, window: Window) -> RateLimited:
-    headers = _headers(limit, window)
-    headers["Retry-After"] = str(max(1, math.ceil(window.ends - time.time())))
+def _refusal(standing: Standing) -> RateLimited:
+    headers = _headers(standing)
+    headers[RETRY_AFTER_HEADER] = str(max(1, math.ceil(standing.window.ends - time.time())))
     return RateLimited(headers=headers)
 
 
@@ -255,7 +326,8 @@ def rate_limit(limits: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
         @rate_limit("10/minute")
         def reports(): ...
 
-    The request counts against the key's limit and this one, in the same call.
+    The request counts against the key's limit (and its owner's) and this one, in the
+    same call.
     """
     parsed = parse_many(limits)  # a typo fails at import time, not on the first request
 
@@ -267,13 +339,15 @@ def rate_limit(limits: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
 
 def admit(record: KeyRecord) -> None:
-    """Count the current request against its key's and its route's limits (see auth.py)."""
+    """Count the current request against its key's, its owner's and its route's limits
+    (see auth.py). Owners' limits come from the key store: no database read here."""
     view = current_app.view_functions.get(request.endpoint or "")
     g.rate_limit = current_app.extensions["rate_limiter"].admit(
         client_network(request.remote_addr),
         record,
         request.endpoint or "",
         getattr(view, "rate_limits", ()),
+        current_app.extensions["api_keys"].owner_limit(record.owner),
     )
 
 
@@ -297,5 +371,5 @@ def init_app(app: Flask) -> None:
 def _add_headers(response):
     """Tell the client where it stands against the limit closest to running out."""
     if "rate_limit" in g:
-        response.headers.update(_headers(*g.rate_limit))
+        response.headers.update(_headers(g.rate_limit))
     return response

@@ -1,4 +1,5 @@
-"""The key registry in the database: create, rotate, revoke and list keys.
+"""The key registry in the database: create, rotate, revoke and list keys{% if cookiecutter.use_rate_limiting %}, and
+set owners' limits{% endif %}.
 
 One implementation behind ``flask keys`` (and any route you add to manage keys).
 It stores each key's ``sha256:`` hash and metadata, never the key. Every change
@@ -18,7 +19,7 @@ from enum import StrEnum
 {% if cookiecutter.use_rate_limiting -%}
 from limits import parse_many
 {% endif -%}
-from sqlalchemy import or_, select, update
+from sqlalchemy import {% if cookiecutter.use_rate_limiting %}func, {% endif %}or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .db import db
@@ -32,7 +33,7 @@ from .keys import (
     redact_keys,
 )
 from .logs import PACKAGE_LOGGER
-from .models import ApiKey, RegistryVersion
+from .models import ApiKey, {% if cookiecutter.use_rate_limiting %}OwnerLimit, {% endif %}RegistryVersion
 
 audit_log = logging.getLogger(f"{PACKAGE_LOGGER}.audit")
 
@@ -358,3 +359,70 @@ def rotate(name: str, *, grace: timedelta, now: datetime) -> tuple[str, ApiKey, 
         )
         db.session.add(new)
     return key, new, old
+{%- if cookiecutter.use_rate_limiting %}
+
+
+# ---- owners' limits --------------------------------------------------------------------
+
+
+def owner_limit(owner: str) -> str | None:
+    """OWNER's own limit, shared by all its keys, or None when it has none."""
+    row = db.session.get(OwnerLimit, check_name(owner))
+    return row.rate_limit if row is not None else None
+
+
+def owner_limits() -> dict[str, str]:
+    """Every owner that has a limit of its own, by name."""
+    rows = db.session.scalars(
+        select(OwnerLimit).where(OwnerLimit.rate_limit.is_not(None)).order_by(OwnerLimit.owner)
+    )
+    return {row.owner: row.rate_limit for row in rows}
+
+
+def owner_key_count(owner: str) -> int:
+    """How many keys OWNER holds now (not revoked, not rotated away)."""
+    query = select(func.count()).where(
+        ApiKey.owner == owner, ApiKey.revoked.is_(None), ApiKey.rotated.is_(None)
+    )
+    return db.session.scalar(query.select_from(ApiKey))
+
+
+def set_owner_limit(owner: str, limit: str) -> str:
+    """Give OWNER a limit that every request of every one of its keys counts against,
+    as well as the key's own; every server applies it within about a second."""
+    check_name(owner)
+    if not limit:
+        raise RegistryError("give a rate limit such as 10000/month")
+    check_rate_limit(limit)
+    with changing() as version:
+        row = db.session.get(OwnerLimit, owner)
+        if row is None:
+            db.session.add(OwnerLimit(owner=owner, rate_limit=limit, version=version))
+        else:
+            row.rate_limit, row.version = limit, version
+    return limit
+
+
+def clear_owner_limit(owner: str) -> str:
+    """Take OWNER's own limit away (its keys keep theirs); returns the limit it had."""
+    check_name(owner)
+    with changing() as version:
+        row = db.session.get(OwnerLimit, owner)
+        if row is None or row.rate_limit is None:
+            raise RegistryError(f"owner {owner!r} has no limit of its own")
+        # The row stays, with no limit and a new version: servers read only changed rows.
+        cleared, row.rate_limit, row.version = row.rate_limit, None, version
+    return cleared
+
+
+def audit_owner_limit(action: str, owner: str, limit: str | None, *, by: str) -> None:
+    """The audit line of a change to an owner's limit, naming who made it (repudiation)."""
+    audit_log.info(
+        "keys %s: owner=%s limit=%s by=%s",
+        action,
+        owner,
+        limit or "-",
+        by,
+        extra={"action": action, "owner": owner, "rate_limit": limit},
+    )
+{%- endif %}
