@@ -42,12 +42,16 @@ from bakery import (
     Baked,
     Server,
     booted_workers,
+    flask_env,
     free_port,
     gunicorn_command,
     gunicorn_env,
     load_keys_module,
     migrated_database,
     only_worker,
+    output,
+    run,
+    tool,
     wait_until_healthy,
 )
 
@@ -915,3 +919,118 @@ def test_gunicorn_warns_when_workers_count_separately(serve, request, storage, w
         assert "WARNING" in warnings[0] and "redis://" in warnings[0], warnings
     else:
         assert not warnings, api.server.output()
+
+
+# Owners' limits
+
+
+MONTH = 30 * 24 * 3600  # `limits`' month, in seconds
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A key registry that the project's `flask db upgrade` made, changed by its own
+    `flask keys` (from the project installed: the command is a plugin of its metadata)."""
+
+    url: str
+    env: dict[str, str]
+    directory: Path
+
+    def keys(self, *arguments: str) -> str:
+        """``flask keys ARGUMENTS``; its standard output (a new key, for create)."""
+        result = run([*tool("flask"), "keys", *arguments], cwd=self.directory, env=self.env)
+        assert result.returncode == 0, output(result)
+        return result.stdout.strip()
+
+
+@pytest.fixture
+def key_registry(default_project: Baked, install, tmp_path) -> Registry:
+    directory = tmp_path / "registry"
+    directory.mkdir()
+    url = migrated_database(default_project.root, default_project.package, directory)
+    env = flask_env(default_project.package, install(default_project), DATABASE_URL=url)
+    return Registry(url, env, directory)
+
+
+def test_an_owner_limit_is_shared_by_its_keys_across_two_workers(
+    serve, redis_server, keys, key_registry
+):
+    """`flask keys owner-limit acme 40/hour`; two keys of acme, sent by turns to each worker,
+    then 60 at once from 10 threads to both: exactly 40 admitted in all, each with a place
+    of its own in the owner's count, every later one refused; globex is not held back."""
+    first = key_registry.keys("create", "acme-web", "--owner", "acme")
+    second = key_registry.keys("create", "acme-ci", "--owner", "acme")
+    other = key_registry.keys("create", "globex-web", "--owner", "globex")
+    key_registry.keys("owner-limit", "acme", "40/hour")
+    api = serve(
+        DATABASE_URL=key_registry.url,
+        RATELIMIT_STORAGE_URI=redis_server.url,
+        RATELIMIT_DEFAULT="1000/hour",
+        AUTH_FAILURE_LIMIT=NO_FAILURE_LIMIT,
+        WEB_CONCURRENCY="2",
+    )
+
+    # By turns: each worker reports the other's requests of the other key too.
+    in_turn = [api.to(sent % 2, PROTECTED, (first, second)[sent // 2 % 2]) for sent in range(8)]
+    assert [answer.status for answer in in_turn] == [200] * 8
+    assert [answer.headers["RateLimit"].split(";t=")[0] for answer in in_turn] == [
+        f'"owner";r={40 - sent}' for sent in range(1, 9)
+    ]
+    assert in_turn[0].headers["RateLimit-Policy"] == '"key";q=1000;w=3600, "owner";q=40;w=3600'
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        at_once = list(pool.map(lambda n: api.get(PROTECTED, (first, second)[n % 2]), range(60)))
+
+    answers = in_turn + at_once
+    admitted = [answer for answer in answers if answer.status == 200]
+    refused = [answer for answer in answers if answer.status != 200]
+    assert len(admitted) == 40 and {answer.status for answer in refused} == {429}
+    places = sorted(40 - int(answer.headers["X-RateLimit-Remaining"]) for answer in admitted)
+    assert places == list(range(1, 41)), places
+    for answer in refused:
+        assert answer.json()["error"] == "rate_limited", answer.text
+        assert answer.headers["RateLimit"].startswith('"owner";r=0;t='), answer.headers
+        assert 1 <= int(answer.headers["Retry-After"]) <= 3600
+    elsewhere = api.get(PROTECTED, other)
+    assert elsewhere.status == 200, elsewhere.text
+    assert elsewhere.headers["RateLimit-Policy"] == '"key";q=1000;w=3600'
+
+    # One counter for the owner, named by the owner, that counted every request once.
+    contents = redis_server.contents()
+    assert list(counters_of(contents, "owner", "acme").values()) == [68], contents
+    assert len(counters_of(contents, "owner")) == 1, contents
+    assert_no_raw_key(redis_server, keys, [first, second, other])
+
+
+def test_a_monthly_owner_limit_outlives_a_gunicorn_restart(serve, redis_server, key_registry):
+    """`flask keys owner-limit tier 6/month`: four requests, gunicorn stopped and started
+    again on the same Redis, and the count goes on from four; the window still ends a month
+    after its first request."""
+    key = key_registry.keys("create", "tier-web", "--owner", "tier")
+    key_registry.keys("owner-limit", "tier", "6/month")
+    settings = {
+        "DATABASE_URL": key_registry.url,
+        "RATELIMIT_STORAGE_URI": redis_server.url,
+        "RATELIMIT_DEFAULT": "1000/hour",
+        "AUTH_FAILURE_LIMIT": NO_FAILURE_LIMIT,
+        "WEB_CONCURRENCY": "1",
+    }
+    began = time.time()
+    before = serve(**settings)
+    first = [before.get(PROTECTED, key) for _ in range(4)]
+    assert [answer.status for answer in first] == [200] * 4
+    assert f'"owner";q=6;w={MONTH}' in first[0].headers["RateLimit-Policy"]
+    assert first[-1].headers["RateLimit"].split(";t=")[0] == '"owner";r=2'
+    assert before.server.stop() == 0, before.server.output()
+
+    after = serve(**settings)
+    then = [after.get(PROTECTED, key) for _ in range(3)]
+
+    assert [answer.status for answer in then] == [200, 200, 429], [a.text for a in then]
+    assert [answer.headers["X-RateLimit-Remaining"] for answer in then] == ["1", "0", "0"]
+    ends = int(then[-1].headers["X-RateLimit-Reset"])
+    assert began + MONTH - 5 <= ends <= time.time() + MONTH + 1, (began, ends)
+    assert int(then[-1].headers["Retry-After"]) >= MONTH - 60
+    contents = redis_server.contents()
+    [(name, count)] = counters_of(contents, "owner", "tier").items()
+    assert count == 7
+    assert MONTH - 60 <= redis_server.client.ttl(name) <= MONTH
