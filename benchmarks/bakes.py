@@ -108,6 +108,7 @@ def upgrade(project: Project, env: dict[str, str]) -> None:
     flask(project, env, "db", "upgrade")
 
 
-def create_key(project: Project, env: dict[str, str], name: str) -> str:
-    """``flask keys create NAME``: a key in the registry (the database), printed once."""
-    return flask(project, env, "keys", "create", name).strip()
+def create_key(project: Project, env: dict[str, str], name: str, *options: str) -> str:
+    """``flask keys create NAME [OPTIONS]``: a key in the registry (the database), printed
+    once."""
+    return flask(project, env, "keys", "create", name, *options).strip()

@@ -1,10 +1,12 @@
-"""In process: the project's WSGI app from create_app(), called directly, routes interleaved.
+"""In process: the project's WSGI app from create_app(), called directly, variants interleaved.
 
 Run by run.py in the project root with PYTHONPATH=src and production settings:
 
-    python inprocess.py PACKAGE HEADER KEY ROUNDS BATCH OUTPUT.json
+    python inprocess.py PACKAGE HEADER KEY PLAIN OWNED ROUNDS BATCH OUTPUT.json
 
-Writes, for each route and round: requests per second, p50 and p99 of single
+KEY is sent to /health and /v1/secure-data; PLAIN and OWNED, two registry keys
+alike but for their owner's limit (OWNED's owner has one), to /v1/secure-data.
+Writes, for each variant and round: requests per second, p50 and p99 of single
 requests, and the number of answers that were not 2xx.
 """
 
@@ -16,17 +18,23 @@ import time
 
 from werkzeug.test import EnvironBuilder
 
-ROUTES = {"health": "/health", "secure": "/v1/secure-data"}
+SECURE = "/v1/secure-data"
 
 
 def main() -> None:
-    package, header, key, rounds, batch, output = sys.argv[1:]
+    package, header, key, plain, owned, rounds, batch, output = sys.argv[1:]
     app = importlib.import_module(package).create_app()
+    variants = {
+        "health": ("/health", key),
+        "secure": (SECURE, key),
+        "plain": (SECURE, plain),
+        "owned": (SECURE, owned),
+    }
     environs = {
         name: EnvironBuilder(
-            path, base_url="https://localhost", headers={header: key}
+            path, base_url="https://localhost", headers={header: sent}
         ).get_environ()
-        for name, path in ROUTES.items()
+        for name, (path, sent) in variants.items()
     }
     statuses = []
 
@@ -46,9 +54,9 @@ def main() -> None:
         for _ in range(50):
             one(environ)
     statuses.clear()
-    results = {name: [] for name in ROUTES}
+    results = {name: [] for name in variants}
     for _ in range(int(rounds)):
-        for name in secrets.SystemRandom().sample(list(ROUTES), len(ROUTES)):
+        for name in secrets.SystemRandom().sample(list(variants), len(variants)):
             times = sorted(one(environs[name]) for _ in range(int(batch)))
             errors = sum(not status.startswith("2") for status in statuses)
             statuses.clear()

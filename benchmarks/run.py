@@ -41,6 +41,7 @@ HUGE_LIMIT = "1000000000/hour"  # never reached: every request is counted, none 
 HIREDIS = "hiredis==3.5.0"
 PASS, MISSED, INFO, SKIPPED = "pass", "MISSED", "info", "skipped"
 SECURE = "/v1/secure-data"
+OWNED_VS_PLAIN = "key whose owner has a limit vs key without"
 TRIPS_SAMPLE = 100  # requests over which Redis round trips are counted
 LARGE, QUICK_LARGE = 100_000, 5_000  # keys in the large registry, full run and --quick
 PROPAGATION = 2.0  # seconds: a change is honoured by every worker of every host within it
@@ -116,6 +117,15 @@ ROWS = [
         info=True,
         needs="",
     ),
+    Goal(f"e2e memory://: GET {SECURE}, {OWNED_VS_PLAIN}", "memory owned", "memory plain"),
+    Goal(f"e2e redis://: GET {SECURE}, {OWNED_VS_PLAIN}", "redis owned", "redis plain"),
+    Goal(
+        f"in process: GET {SECURE}, time, {OWNED_VS_PLAIN}",
+        "inprocess owned",
+        "inprocess plain",
+        measure="time",
+        needs="",
+    ),
 ]
 
 
@@ -136,6 +146,23 @@ REF_ROWS = [
         needs="refs",
     ),
 ]
+
+
+@dataclass(frozen=True)
+class OwnerKeys:
+    """Two registry keys alike but for their owners: ``owned``'s owner has a limit (never
+    reached), ``plain``'s has none. The cost of owners' limits is the one against the other."""
+
+    plain: str
+    owned: str
+
+
+def owner_keys(project: Project, env: dict[str, str]) -> OwnerKeys:
+    """``flask keys create`` twice, ``flask keys owner-limit`` once, as an owner does."""
+    plain = create_key(project, env, "plain", "--owner", "no-limit")
+    owned = create_key(project, env, "owned", "--owner", "limited")
+    flask(project, env, "keys", "owner-limit", "limited", HUGE_LIMIT)
+    return OwnerKeys(plain, owned)
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -206,13 +233,15 @@ def production(**settings: str) -> dict[str, str]:
     )
 
 
-def in_process(project: Project, key: str, env: dict[str, str], work: Path, rounds, batch):
+def in_process(
+    project: Project, key: str, owners: OwnerKeys, env: dict[str, str], work: Path, rounds, batch
+):
     """The WSGI app from create_app(), in a process of its own (see inprocess.py), run from
     the project root, so that its default database is the project's migrated one."""
     output = work / "inprocess.json"
     command = [sys.executable, str(HERE / "inprocess.py"), project.package, project.key_header]
     subprocess.run(  # noqa: S603 - our script, fixed arguments
-        [*command, key, str(rounds), str(batch), str(output)],
+        [*command, key, owners.plain, owners.owned, str(rounds), str(batch), str(output)],
         cwd=project.root,
         env=env,
         check=True,
@@ -261,7 +290,9 @@ def headers_for(project: Project, key: str) -> dict[str, str]:
     return {"X-Forwarded-Proto": "https", project.key_header: key}
 
 
-def start_servers(project: Project, key: str, env: dict[str, str], pg, work: Path, stack) -> Setup:
+def start_servers(
+    project: Project, key: str, owners: OwnerKeys, env: dict[str, str], pg, work: Path, stack
+) -> Setup:
     """redis-server, gunicorn serving the project three ways and the peer once; and, with
     PostgreSQL, a fourth time on a database of its own with a key `flask keys create` made."""
     redis, uri = servers.redis_server(shutil.which("redis-server"), work)
@@ -308,6 +339,9 @@ def start_servers(project: Project, key: str, env: dict[str, str], pg, work: Pat
         "other secure": (urls["other"] + SECURE, keyed),
         "peer secure": (urls["peer"] + SECURE, keyed),
     }
+    for name in ("memory", "redis"):
+        variants[f"{name} plain"] = (urls[name] + SECURE, headers_for(project, owners.plain))
+        variants[f"{name} owned"] = (urls[name] + SECURE, headers_for(project, owners.owned))
     setup = Setup(variants, settings, uri, "other" if with_ else "redis")
     if pg is not None:
         # The registry in PostgreSQL, with the key in it (no API_KEYS), and the workers
@@ -336,8 +370,13 @@ def round_trips(setup: Setup) -> dict[str, float]:
     a server that never asks Redis would measure nothing, and stops the run.
     """
     trips = {}
-    for name in ("redis", "other", "peer"):
-        url, headers = setup.variants[f"{name} secure"]
+    for name, variant in (
+        ("redis", "redis secure"),
+        ("other", "other secure"),
+        ("peer", "peer secure"),
+        ("owned", "redis owned"),
+    ):
+        url, headers = setup.variants[variant]
         before = servers.redis_replies(setup.redis_uri)
         statuses = {servers.get(url, headers) for _ in range(TRIPS_SAMPLE)}
         replies = servers.redis_replies(setup.redis_uri) - before - 1  # less the first INFO's
@@ -378,12 +417,14 @@ def rounds_of(variants: dict, arguments, what: str, wrap=None) -> dict[str, list
     return results
 
 
-def end_to_end(project: Project, key: str, env: dict[str, str], pg, work: Path, arguments):
+def end_to_end(
+    project: Project, key: str, owners: OwnerKeys, env: dict[str, str], pg, work: Path, arguments
+):
     """Every variant under wrk, interleaved in rounds: runs by variant, settings, round trips,
     and the PostgreSQL-backed server's environment and workers' memory (for the large
     registry's rows)."""
     with contextlib.ExitStack() as stack:
-        setup = start_servers(project, key, env, pg, work, stack)
+        setup = start_servers(project, key, owners, env, pg, work, stack)
         trips = round_trips(setup)
         results = rounds_of(setup.variants, arguments, "end to end")
         small_memory = [servers.memory(pid) for pid in setup.pg.workers] if setup.pg else []
@@ -576,7 +617,8 @@ def notes(facts: dict, trips: dict, results: dict[str, list[Run]], arguments) ->
         lines.append(
             f"Redis round trips per keyed request (the server's replies over {TRIPS_SAMPLE} "
             f"requests): {SECURE} {trips['redis']:.2f} (with the other parser "
-            f"{trips['other']:.2f}), Flask-Limiter {trips['peer']:.2f}."
+            f"{trips['other']:.2f}; with a key whose owner has a limit {trips['owned']:.2f}), "
+            f"Flask-Limiter {trips['peer']:.2f}."
         )
     if "memory" in facts:
 
@@ -650,8 +692,9 @@ def main(argv: list[str] | None = None) -> int:
             env = production(API_KEYS=entry)
             progress("flask db upgrade: the default database, SQLite under the project's instance/")
             upgrade(project, env)
-            progress(f"in process: {rounds} rounds x {arguments.batch} requests per route")
-            results = in_process(project, key, env, work, rounds, arguments.batch)
+            owners = owner_keys(project, env)
+            progress(f"in process: {rounds} rounds x {arguments.batch} requests per variant")
+            results = in_process(project, key, owners, env, work, rounds, arguments.batch)
         with contextlib.ExitStack() as stack:
             try:
                 check_tools()
@@ -665,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
                         "end to end: starting redis-server, PostgreSQL's database and gunicorn"
                     )
                     runs, setup, trips, facts["memory small"] = end_to_end(
-                        project, key, env, pg, work, arguments
+                        project, key, owners, env, pg, work, arguments
                     )
                     results |= runs
                     labels |= setup.settings
@@ -693,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not arguments.only_refs:
         settings += (
-            f"; in process: {rounds} rounds x {arguments.batch} requests per route; {HIREDIS} "
+            f"; in process: {rounds} rounds x {arguments.batch} requests per variant; {HIREDIS} "
             f"for the hiredis row; large registry: {arguments.keys:,} keys, "
             f"{arguments.starts} start-up(s), {arguments.revokes} revoke(s) followed"
         )

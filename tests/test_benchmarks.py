@@ -15,6 +15,7 @@ from bakery import TEMPLATE_DIR, output, run
 pytestmark = pytest.mark.slow
 
 SECURE = "GET /v1/secure-data"
+OWNED_VS_PLAIN = "key whose owner has a limit vs key without"
 QUICK_KEYS = "5,000 keys"  # the large registry's size in --quick
 # Each row's label: how it starts and how it ends (the middle names the worker settings),
 # and what it needs beyond this interpreter: "e2e" wrk and redis-server, "pg" PostgreSQL too.
@@ -35,6 +36,9 @@ ROWS = [
     (QUICK_KEYS, f"{SECURE} p99, 4 revokes/s vs unchanged", "pg"),
     ("in process", "GET /health", ""),
     ("in process", f"{SECURE}, time vs /health", ""),
+    ("e2e memory://", f"{SECURE}, {OWNED_VS_PLAIN}", "e2e"),
+    ("e2e redis://", f"{SECURE}, {OWNED_VS_PLAIN}", "e2e"),
+    ("in process", f"{SECURE}, time, {OWNED_VS_PLAIN}", ""),
 ]
 # Rows not measured by wrk, by how their label ends: their figures are in "measured".
 FACTS = {
