@@ -208,12 +208,10 @@ def owner_limit(owner: str | None, limit: str | None, clear: bool) -> None:
         return
     if limit is not None and clear:
         raise click.UsageError("give LIMIT or --clear, not both")
+    if limit is None and not clear:
+        _show_owner_limit(owner)
+        return
     with _errors():
-        if limit is None and not clear:
-            current = registry.owner_limit(owner)
-            held = registry.owner_key_count(owner)
-            click.echo(f"{owner}: {current or 'no limit of its own'} ({_keys(held)})")
-            return
         if clear:
             previous = registry.clear_owner_limit(owner)
         else:
@@ -235,6 +233,13 @@ def owner_limit(owner: str | None, limit: str | None, clear: bool) -> None:
     )
     if not held:
         click.echo(f"Warning: no key belongs to {owner!r} yet; is the name right?", err=True)
+
+
+def _show_owner_limit(owner: str) -> None:
+    with _errors():
+        limit = registry.owner_limit(owner)
+        held = registry.owner_key_count(owner)
+    click.echo(f"{owner}: {limit or 'no limit of its own'} ({_keys(held)})")
 
 
 def _list_owner_limits() -> None:
