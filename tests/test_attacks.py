@@ -94,6 +94,7 @@ class Attack:
 
 
 JSON = (("Content-Type", "application/json"),)
+PROBLEM_JSON = "application/problem+json"
 
 
 def chunked(data: bytes, size: int = 65536) -> bytes:
@@ -539,14 +540,16 @@ def check(attack: Attack, answer: Answer) -> Iterator[str]:
             yield "the app answered; expected gunicorn to refuse the request"
         return
     content_type = answer.headers.get("Content-Type", "")
-    if content_type != attack.content_type:
-        yield f"Content-Type {content_type!r}, expected {attack.content_type}"
+    # Every error is an RFC 9457 problem document; successes are plain JSON or a page.
+    expected = PROBLEM_JSON if attack.error is not None else attack.content_type
+    if content_type != expected:
+        yield f"Content-Type {content_type!r}, expected {expected}"
     body = answer.json()
     if attack.error is not None:
         if not isinstance(body, dict) or body.get("error") != attack.error:
             yield f"error {body!r}, expected {attack.error!r}"
-        elif not isinstance(body.get("message"), str):
-            yield "no message"
+        elif not isinstance(body.get("message"), str) or body.get("status") != answer.status:
+            yield "not a problem document with a message and the status"
     if answer.status == 401 and "WWW-Authenticate" not in answer.headers:
         yield "401 without WWW-Authenticate"
     request_id = answer.headers.get("X-Request-ID", "")
