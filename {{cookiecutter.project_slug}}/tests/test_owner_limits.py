@@ -63,6 +63,7 @@ def test_an_owner_limit_is_shared_by_all_its_keys(make_app, acme):
     assert [standing(r) for r in answers[:4]] == [f'"owner";r={n}' for n in (3, 2, 1, 0)]
     assert {r.headers["X-RateLimit-Limit"] for r in answers} == {"4"}
     assert answers[-1].json["error"] == "rate_limited"
+    assert answers[-1].json["violated-policies"] == ["owner"]
     # Another owner's key is not held back, and reports its own limit.
     assert whoami(client, other).status_code == 200
     assert standing(whoami(client, other)) == '"key";r=98'

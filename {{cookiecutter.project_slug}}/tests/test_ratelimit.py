@@ -46,7 +46,10 @@ def test_a_key_gets_its_limit_then_429_with_retry_after(make_app, key):
     answers = [whoami(client, key) for _ in range(4)]
     assert [response.status_code for response in answers] == [200, 200, 200, 429]
     limited = answers[-1]
-    problem(limited, 429, "rate_limited")
+    document = problem(limited, 429, "rate_limited")
+    # The IETF draft's registered problem type, naming the spent policy.
+    assert document["type"] == "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    assert document["violated-policies"] == ["key"]
     assert int(limited.headers["Retry-After"]) >= 1
     assert limited.headers["X-RateLimit-Remaining"] == "0"
 

@@ -66,6 +66,8 @@ CLIENT_HEADERS = (
 class RateLimited(APIError):
     status, code = 429, "rate_limited"
     message = "Too many requests; retry after the number of seconds in Retry-After."
+    # The problem type the IETF's rate-limit draft registers, which clients may know.
+    type = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 
 
 class RateLimitUnavailable(APIError):
@@ -233,15 +235,16 @@ class RateLimiter:
         windows = self.storage.hit(checked, counted)
         if len(windows) <= len(checked):  # the reads stopped at a full failure counter
             full = checked[len(windows) - 1]
-            raise _refusal(Standing(full, windows[-1], (full,)))
+            raise _refusal(Standing(full, windows[-1], (full,)), [full])
         pairs = list(zip(counted, windows[len(checked) :], strict=True))
         # Fewest requests left; of those, the window that ends last: the honest wait.
         counter, window = min(
             pairs, key=lambda pair: (max(pair[0].limit.amount - pair[1].count, 0), -pair[1].ends)
         )
         standing = Standing(counter, window, counted)
-        if any(window.count > counter.limit.amount for counter, window in pairs):
-            raise _refusal(standing)
+        spent = [counter for counter, window in pairs if window.count > counter.limit.amount]
+        if spent:
+            raise _refusal(standing, spent)
         return standing
 
     def count_failure(self, client: str) -> None:
@@ -250,7 +253,7 @@ class RateLimiter:
         counted = self._failure_counters(client)
         for counter, window in zip(counted, self.storage.hit((), counted), strict=True):
             if window.count > counter.limit.amount:
-                raise _refusal(Standing(counter, window, (counter,)))
+                raise _refusal(Standing(counter, window, (counter,)), [counter])
 
     def _failure_counters(self, client: str) -> tuple[Counter, ...]:
         return _counters("auth-failures", self.failure_limits, client)
@@ -312,10 +315,12 @@ def _headers(standing: Standing) -> dict[str, str]:
     }
 
 
-def _refusal(standing: Standing) -> RateLimited:
+def _refusal(standing: Standing, spent: Sequence[Counter]) -> RateLimited:
+    """A 429 naming the spent limits as the draft's quota-exceeded problem does."""
     headers = _headers(standing)
     headers[RETRY_AFTER_HEADER] = str(max(1, math.ceil(standing.window.ends - time.time())))
-    return RateLimited(headers=headers)
+    violated = list(dict.fromkeys(counter.policy for counter in spent))
+    return RateLimited(headers=headers, **{"violated-policies": violated})
 
 
 def rate_limit(limits: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
