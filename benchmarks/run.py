@@ -145,6 +145,20 @@ REF_ROWS = [
         "refs get before",
         needs="refs",
     ),
+    Goal(
+        f"in process {{after}} vs {{before}}: POST {refs.ITEMS}",
+        "inprocess post after",
+        "inprocess post before",
+        measure="time",
+        needs="refs",
+    ),
+    Goal(
+        f"in process {{after}} vs {{before}}: GET {refs.ITEMS}",
+        "inprocess get after",
+        "inprocess get before",
+        measure="time",
+        needs="refs",
+    ),
 ]
 
 
@@ -644,8 +658,9 @@ def notes(facts: dict, trips: dict, results: dict[str, list[Run]], arguments) ->
 
 def compare_refs(pg, work: Path, arguments) -> tuple[dict[str, list[Run]], dict[str, str]]:
     """The project at ``--before`` and at ``--after``, both served, wrk on /v1/items of
-    both in the same rounds (refs.py); each on a PostgreSQL database of its own when the
-    run has a server, else on its default SQLite file."""
+    both in the same rounds, then both in process, alternating (refs.py); each on a
+    PostgreSQL database of its own when the run has a server, else on its default SQLite
+    file."""
     progress(f"refs: {arguments.before} and {arguments.after}, baked, installed, served")
     envs = {}
     for label in ("before", "after"):
@@ -659,6 +674,7 @@ def compare_refs(pg, work: Path, arguments) -> tuple[dict[str, list[Run]], dict[
         work,
         envs,
         lambda variants: rounds_of(variants, arguments, "refs"),
+        lambda sides: refs.in_process(sides, 4 * arguments.rounds, arguments.batch, progress),
     )
     settings = sorted({settings for _, settings in sides.values()})
     labels = {label: f"{label} ({commit})" for label, (commit, _) in sides.items()}
@@ -739,6 +755,11 @@ def main(argv: list[str] | None = None) -> int:
             f"; in process: {rounds} rounds x {arguments.batch} requests per variant; {HIREDIS} "
             f"for the hiredis row; large registry: {arguments.keys:,} keys, "
             f"{arguments.starts} start-up(s), {arguments.revokes} revoke(s) followed"
+        )
+    if arguments.before:
+        settings += (
+            f"; before/after in process: {4 * arguments.rounds} rounds x {arguments.batch} "
+            "requests per route and side"
         )
     print(settings + ".\n")
     print(table(rows))
