@@ -208,7 +208,7 @@ def test_docs_page_in_a_real_browser(docs_server, chromium, default_project, tmp
             ).to_be_visible()
 
             authorize(page, key)
-            whoami = page.locator("#operations-default-whoami")
+            whoami = page.locator("#operations-v1-whoami")
             whoami.locator(".opblock-summary").first.click()
             whoami.locator("button").filter(has_text=re.compile(r"^Try it out\s*$")).click()
             body = execute(whoami, "200")

@@ -259,3 +259,9 @@ def test_one_item_is_documented_with_its_path_parameter_and_404(document):
     assert parameter["schema"]["type"] == "integer"
     assert {"200", "404"} <= set(operation["responses"])
     assert operation["security"] == [{"ApiKey": ["items:read"]}]
+
+
+def test_operations_are_named_after_their_views_and_unique(document):
+    names = [operation["operationId"] for _, _, operation in operations(document)]
+    assert len(names) == len(set(names))
+    assert {"whoami", "list_items", "create_item", "get_item"} <= set(names)

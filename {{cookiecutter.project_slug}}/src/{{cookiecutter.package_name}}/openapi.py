@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -68,12 +69,19 @@ def _build(app: Flask) -> dict[str, Any]:
         and not hasattr(app.view_functions[rule.endpoint], "undocumented")
     ]
     views = {rule.endpoint: app.view_functions[rule.endpoint] for rule in rules}
+    # Operations are named after their views (list_items), by blueprint where two clash.
+    names = Counter(endpoint.rpartition(".")[2] for endpoint in views)
     refs, schemas = _model_schemas(views.values())
     paths: dict[str, dict[str, Any]] = {}
     for rule in sorted(rules, key=lambda rule: rule.rule):
         methods = sorted(rule.methods - {"HEAD", "OPTIONS"})  # type: ignore[operator]
         for method in methods:
-            operation = _operation(rule, views[rule.endpoint], refs, len(methods) > 1, method)
+            name = rule.endpoint.rpartition(".")[2]
+            if names[name] > 1:
+                name = rule.endpoint.replace(".", "_")
+            if len(methods) > 1:
+                name += f"_{method.lower()}"
+            operation = _operation(rule, views[rule.endpoint], refs, name)
             paths.setdefault(_path(rule), {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
@@ -92,10 +100,11 @@ def _build(app: Flask) -> dict[str, Any]:
     }
 
 
-def _operation(rule: Rule, view, refs, several: bool, method: str) -> dict[str, Any]:
+def _operation(rule: Rule, view, refs, name: str) -> dict[str, Any]:
+    """One operation, from what the view's decorators and docstring say."""
     summary, _, description = (inspect.getdoc(view) or rule.endpoint).partition("\n")
     operation: dict[str, Any] = {
-        "operationId": rule.endpoint.replace(".", "_") + (f"_{method.lower()}" if several else ""),
+        "operationId": name,
         "summary": summary.strip(),
         "tags": [rule.endpoint.partition(".")[0]],
     }
