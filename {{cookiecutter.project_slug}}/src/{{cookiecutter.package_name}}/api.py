@@ -21,8 +21,7 @@ from .schemas import (
     PageQuery,
     Timestamp,
     body,
-    decode_cursor,
-    encode_cursor,
+    paginate,
     query,
     response,
 )
@@ -158,19 +157,11 @@ def whoami():
 @query(PageQuery)
 @response(ItemPage)
 def list_items(query: PageQuery):
-    """The caller's owner's items, newest first, a page at a time.
-
-    Keyset pagination: ``next_cursor`` names the last item of this page, so a page
-    costs one index range scan however deep, and items added meanwhile are not
-    repeated.
-    """
+    """The caller's owner's items, newest first, a page at a time (see schemas.paginate)."""
     # Object-level authorisation: only the caller's owner's items, whatever is asked.
-    select_items = select(Item).where(Item.owner == g.api_key.owner).order_by(Item.id.desc())
-    if query.cursor is not None:
-        select_items = select_items.where(Item.id < decode_cursor("item", query.cursor))
-    items = db.session.scalars(select_items.limit(query.limit + 1)).all()
-    page, more = items[: query.limit], len(items) > query.limit
-    return {"items": page, "next_cursor": encode_cursor("item", page[-1].id) if more else None}
+    owners_items = select(Item).where(Item.owner == g.api_key.owner)
+    items, next_cursor = paginate(owners_items, Item, "item", query)
+    return {"items": items, "next_cursor": next_cursor}
 
 
 @v1.get("/items/<int:item_id>")

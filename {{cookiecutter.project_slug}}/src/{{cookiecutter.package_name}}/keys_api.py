@@ -21,10 +21,9 @@ from sqlalchemy import select
 
 from . import registry
 from .auth import require_api_key
-from .db import db
 from .errors import APIError, InvalidBody, ResourceNotFound
 from .models import ApiKey
-from .schemas import Answer, Body, PageQuery, body, decode_cursor, encode_cursor, query, response
+from .schemas import Answer, Body, PageQuery, body, paginate, query, response
 
 # The scope that manages keys. A key with it can make a key with any scope, `*`
 # included: give it only to the service that issues your customers' keys.
@@ -162,15 +161,11 @@ def create_key(body: NewKey):
 @response(KeyPage)
 def list_keys(query: PageQuery):
     """Every key, newest first, rotated ones included, a page at a time."""
-    select_keys = select(ApiKey).order_by(ApiKey.id.desc())
-    if query.cursor is not None:
-        select_keys = select_keys.where(ApiKey.id < decode_cursor("key", query.cursor))
-    entries = db.session.scalars(select_keys.limit(query.limit + 1)).all()
-    page, more = entries[: query.limit], len(entries) > query.limit
+    entries, next_cursor = paginate(select(ApiKey), ApiKey, "key", query)
     now = datetime.now(UTC)
     return {
-        "keys": [registry.describe(entry, now) for entry in page],
-        "next_cursor": encode_cursor("key", page[-1].id) if more else None,
+        "keys": [registry.describe(entry, now) for entry in entries],
+        "next_cursor": next_cursor,
     }
 
 

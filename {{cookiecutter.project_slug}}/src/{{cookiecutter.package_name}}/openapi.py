@@ -133,15 +133,12 @@ def _operation(rule: Rule, view, refs, name: str) -> dict[str, Any]:
         # OpenAPI 3.1 lets an apiKey requirement list scopes: those require_api_key checks.
         operation["security"] = [{SECURITY_SCHEME: sorted(view.required_scopes)}]
         errors += KEYED
-{%- if cookiecutter.use_secret_scanning %}
-    # Errors another decorator says its view answers: secret_scanning's signature check, 401.
-    errors += getattr(view, "error_statuses", ())
-{%- endif %}
     if hasattr(view, "body_model"):
         content = {"application/json": {"schema": refs[view.body_model, "validation"]}}
         operation["requestBody"] = {"required": True, "content": content}
         errors += WITH_BODY
-    errors += getattr(view, "raises", ())
+    # Errors the view's decorators say it raises itself (@response(errors=...), ...).
+    errors += getattr(view, "error_statuses", ())
     status = getattr(view, "response_status", 200)
     answer: dict[str, Any] = {"description": summary.strip()}
     if getattr(view, "response_model", None) is not None:

@@ -25,8 +25,10 @@ from typing import Annotated, Any
 
 from flask import Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, WithJsonSchema
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+from sqlalchemy import Select
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
+from .db import db
 from .errors import InvalidBody, InvalidParameter
 
 # A moment in an answer, written as datetime.isoformat() writes it (2026-12-06T14:00:00+00:00),
@@ -69,6 +71,21 @@ class PageQuery(Query):
 
     limit: int = Field(PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     cursor: str | None = Field(None, max_length=100)
+
+
+def paginate(statement: Select, model: Any, kind: str, query: PageQuery) -> tuple[list, str | None]:
+    """The page of ``statement``'s rows that ``query`` asks for, newest first, and the
+    cursor of the next page (None on the last).
+
+    Keyset pagination: the cursor names the last row of this page, so a page costs
+    one index range scan however deep, and rows added meanwhile are not repeated.
+    """
+    statement = statement.order_by(model.id.desc())
+    if query.cursor is not None:
+        statement = statement.where(model.id < decode_cursor(kind, query.cursor))
+    rows = db.session.scalars(statement.limit(query.limit + 1)).all()
+    page = list(rows[: query.limit])
+    return page, encode_cursor(kind, page[-1].id) if len(rows) > query.limit else None
 
 
 def encode_cursor(kind: str, row_id: int) -> str:
@@ -138,25 +155,24 @@ def response(
 
         serialised.response_model = model  # type: ignore[attr-defined]
         serialised.response_status = status  # type: ignore[attr-defined]
-        serialised.raises = errors  # type: ignore[attr-defined]
+        # Added to those of the decorators below, for the document (openapi.py).
+        serialised.error_statuses = (  # type: ignore[attr-defined]
+            *getattr(view, "error_statuses", ()),
+            *errors,
+        )
         return serialised
 
     return decorate
 
 
 def _json_body() -> bytes:
-    """The raw body of a JSON request: 415 for another content type, 413 when too large."""
+    """The raw body of a JSON request: 415 for another content type, 413 when too large
+    (security.APIRequest, chunked bodies included)."""
     # Only a JSON content type: a browser sends text/plain across origins without asking
     # first (cross-site request forgery), never application/json.
     if not request.is_json:
         raise UnsupportedMediaType("Send a JSON body with Content-Type: application/json.")
-    data = request.get_data(cache=True)
-    # A chunked body has no Content-Length to refuse up front: Werkzeug stops reading
-    # at the limit, which makes it a body too large, not a malformed one.
-    limit = request.max_content_length
-    if request.content_length is None and limit is not None and len(data) >= limit:
-        raise RequestEntityTooLarge()
-    return data
+    return request.get_data(cache=True)
 
 
 def _parse(model: type[BaseModel], data: bytes | dict[str, str], error: type) -> Any:

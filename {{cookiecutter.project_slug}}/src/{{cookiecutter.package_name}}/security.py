@@ -45,35 +45,32 @@ DOCS_PAGE_ENDPOINT = "docs.page"
 
 
 class APIRequest(Request):
-    """Flask's request, reading JSON bodies defensively.
+    """Flask's request, reading bodies defensively.
 
     A chunked body has no Content-Length to refuse up front, so Werkzeug stops
-    reading it at the limit and the JSON parser sees a truncated document: that
-    is a body too large (resource exhaustion), not a malformed one. A body nested
-    a thousand levels deep exhausts the parser's recursion, and a malformed chunk
-    cannot be read at all: each a 400, not a crash.
+    reading it at the limit and hands on a truncated body: that is a body too
+    large (resource exhaustion), a 413, not a malformed one. A body nested a
+    thousand levels deep exhausts the JSON parser's recursion, and a malformed
+    chunk cannot be read at all: each a 400, not a crash.
     """
 
     def get_data(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().get_data(*args, **kwargs)
+            data = super().get_data(*args, **kwargs)
         except HTTPException:
             raise
         except Exception:  # the server's stream failed: a malformed chunk, a hang-up
             raise BadRequest("The request body could not be read.") from None
+        limit = self.max_content_length
+        if self.content_length is None and limit is not None and len(data) >= limit:
+            raise RequestEntityTooLarge()
+        return data
 
     def get_json(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().get_json(*args, **kwargs)
         except RecursionError:
             raise BadRequest("The JSON body is nested too deeply.") from None
-
-    def on_json_loading_failed(self, e: ValueError | None) -> Any:
-        limit = self.max_content_length
-        streamed = e is not None and self.content_length is None and limit is not None
-        if streamed and len(self.get_data(cache=True)) >= limit:  # type: ignore[operator]
-            raise RequestEntityTooLarge()
-        return super().on_json_loading_failed(e)
 
 
 class ForwardedClient:
