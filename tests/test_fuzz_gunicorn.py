@@ -9,22 +9,12 @@ must be one the document lists, with the body and content type it describes.
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
-from bakery import (
-    Server,
-    flask_env,
-    free_port,
-    gunicorn_command,
-    gunicorn_env,
-    upgrade_database,
-    wait_until_healthy,
-)
+from bakery import free_port, gunicorn_command, gunicorn_env, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -34,29 +24,24 @@ FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"}
 EXAMPLES = 150
 
 
-@pytest.fixture(scope="module")
-def served(bake, tmp_path_factory):
+@pytest.fixture
+def served(default_project, project_copy, start, tmp_path):
     """The default project under gunicorn in production, limits out of the way."""
-    project = bake()
-    root = tmp_path_factory.mktemp("fuzz") / project.root.name
-    shutil.copytree(project.root, root, symlinks=True)
-    upgrade_database(root, flask_env(project.package))
     port = free_port()
     env = gunicorn_env(
-        project,
+        default_project,
         port,
-        root.parent,
+        tmp_path,
         TRUSTED_PROXIES="1",
         RATELIMIT_DEFAULT="1000000/minute",
         AUTH_FAILURE_LIMIT="1000000/minute",
     )
-    server = Server(gunicorn_command(project), root, env, root.parent / "gunicorn.log")
+    root = project_copy(default_project, migrated=True)
+    server = start(gunicorn_command(default_project), root, env)
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_healthy(server, base)
-        yield server, base, {project.context["api_key_header"]: env["API_KEYS"], **FORWARDED}
-    finally:
-        server.stop()
+    wait_until_healthy(server, base)
+    key_header = default_project.context["api_key_header"]
+    return server, base, {key_header: env["API_KEYS"], **FORWARDED}
 
 
 def test_no_request_content_makes_a_500_under_gunicorn(served):
